@@ -1,0 +1,27 @@
+"""DIML data: dataset splits (synthetic and the real benchmark formats), transforms and class-balanced sampling.
+
+``build_splits(dataset, ...) -> Splits(train, val, test)``; each split yields ``(image (3, S, S) float, label int)``
+and has ``labels`` (np.int64, contiguous within the split), ``num_classes``, ``class_names``, ``load_image(i)`` and
+``image_id(i)``. ``ClassBalancedBatchSampler`` draws P classes x M images per batch, disjoint across DDP ranks.
+"""
+
+from diml.data.base import SplitDataset, Splits
+from diml.data.sampler import ClassBalancedBatchSampler
+from diml.data.splits import build_splits, list_datasets, register_dataset
+from diml.data.synthetic import SyntheticDataset, SyntheticParts
+from diml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClassBalancedBatchSampler",
+    "SplitDataset",
+    "Splits",
+    "SyntheticDataset",
+    "SyntheticParts",
+    "build_splits",
+    "eval_transform",
+    "list_datasets",
+    "register_dataset",
+    "train_transform",
+]

@@ -1,0 +1,68 @@
+"""``build_splits``: one entry point for every dataset (synthetic and the real on-disk formats)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from diml.data.base import Splits, carve_validation, report_small_classes
+from diml.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+
+# The synthetic images keep their parts away from the border; a milder crop keeps most parts in view, which makes
+# the dataset learnable in a couple of short CPU epochs.
+SYNTHETIC_CROP_SCALE = (0.5, 1.0)
+
+# name -> loader(root, *, image_size, seed, train_transform, eval_transform, skip_bad_images, **options)
+#   -> (train, test), both SplitDatasets with contiguous labels.
+_LOADERS: dict[str, Callable] = {}
+
+
+def register_dataset(name: str, loader: Callable) -> None:
+    """Register a dataset loader under ``name``; an already registered name raises ``ValueError``."""
+    if name in _LOADERS:
+        raise ValueError(f"dataset {name!r} is already registered; choose another name")
+    _LOADERS[name] = loader
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`build_splits`, sorted."""
+    return sorted(_LOADERS)
+
+
+def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 0, val_fraction: float = 0.0,
+                 skip_bad_images: bool = False, crop_scale: tuple[float, float] | None = None,
+                 **dataset_options) -> Splits:
+    """Build ``Splits(train, val, test)`` for ``dataset`` in ``list_datasets()``.
+
+    Train and test classes are disjoint (zero-shot retrieval). ``val_fraction > 0`` moves a seeded fraction of the
+    training classes to a class-disjoint validation split (else ``val`` is ``None``). The train split uses the
+    train transform (``RandomResizedCrop(image_size, scale=crop_scale)`` + flip; ``crop_scale`` defaults to the
+    authors' ``(0.08, 1)``, and ``(0.5, 1)`` for the synthetic data), val/test the eval transform;
+    ``splits.train.eval_view()`` gives the training images with the eval transform. ``dataset_options`` go to the
+    dataset's loader (e.g. ``num_classes`` for synthetic, ``test_fraction`` for folder). Classes with fewer than
+    two images in a split are reported with a warning.
+    """
+    if dataset not in _LOADERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
+    if crop_scale is None:
+        crop_scale = SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE
+    train_tf = train_transform(image_size, crop_scale=tuple(crop_scale))
+    eval_tf = eval_transform(image_size)
+    train, test = _LOADERS[dataset](root, image_size=image_size, seed=seed, train_transform=train_tf,
+                                    eval_transform=eval_tf, skip_bad_images=skip_bad_images, **dataset_options)
+    train, val = carve_validation(train, val_fraction, seed)
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        if split is not None:
+            report_small_classes(f"{dataset} {name}", split)
+    return Splits(train, val, test)
+
+
+def _synthetic(root, *, image_size, seed, train_transform, eval_transform, skip_bad_images, **options):
+    from diml.data.synthetic import synthetic_splits
+
+    if root is not None:
+        raise ValueError("the synthetic dataset is generated on the fly: leave root unset (null)")
+    return synthetic_splits(image_size=image_size, seed=seed, train_transform=train_transform,
+                            eval_transform=eval_transform, **options)
+
+
+register_dataset("synthetic", _synthetic)
