@@ -1,0 +1,200 @@
+"""Retrieval evaluation: global ranking and test-time DIML re-ranking at several depths, in one chunked pass."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from diml.evaluation._inputs import prepare
+from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
+from diml.evaluation.retrieval import CandidateSimilarity, candidate_scores, global_top, rerank_depths
+
+GLOBAL = "global"
+CONVENTION_KEY = "convention"
+CHUNK_BYTES = 256 * 2**20
+"""Working memory aimed at per chunk of queries when ``query_chunk`` is not given (the OT solver chunks its own
+problems further)."""
+
+
+def ranking_name(depth: int) -> str:
+    """Key of the re-ranked result at ``depth`` in :func:`evaluate`'s output, e.g. ``"diml@100"``."""
+    return f"diml@{depth}"
+
+
+def auto_query_chunk(num_images: int, length: int, depth: int, local_shape: tuple[int, int] | None) -> int:
+    """Queries per chunk so that one chunk's tensors take about :data:`CHUNK_BYTES`.
+
+    Per query: the ``(N,)`` float32 similarity row, a few ``(L,)`` int64 rankings, and for re-ranking the gathered
+    ``(K, C, R)`` candidate cells plus the solver's ``(K, R, R)`` working tensors (a few copies each).
+    """
+    per_query = 4 * num_images + 8 * 4 * length
+    if local_shape is not None:
+        channels, cells = local_shape
+        per_query += 4 * depth * (3 * channels * cells + 8 * cells * cells)
+    return max(1, min(num_images, CHUNK_BYTES // per_query))
+
+
+def iter_rankings(
+    global_emb: torch.Tensor,
+    local_emb: torch.Tensor | None,
+    *,
+    length: int,
+    depths: Sequence[int],
+    similarity: CandidateSimilarity | None,
+    query_chunk: int,
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Rankings of every image against all others, chunk by chunk over queries.
+
+    Stage 1 takes the global cosine top-``length`` once; stage 2 scores the first ``max(depths)`` candidates with
+    ``similarity`` once and :func:`~diml.evaluation.retrieval.rerank_depths` re-orders each depth's own head.
+
+    Args:
+        global_emb: ``(N, D)`` float32.
+        local_emb: ``(N, D, R)`` float32, or None for the global ranking only.
+        length: results kept per query, ``>= max(depths)``, ``<= N - 1``.
+        depths: sorted re-ranking depths (ignored without ``local_emb``).
+        similarity: stage-2 scorer (see :data:`~diml.evaluation.retrieval.CandidateSimilarity`).
+        query_chunk: queries per chunk.
+
+    Yields:
+        ``(query_index (B,), {"global": (B, length), "diml@d": (B, length), ...})`` with gallery indices.
+    """
+    num_images = global_emb.shape[0]
+    normalised = F.normalize(global_emb, dim=1)
+    rerank = local_emb is not None and len(depths) > 0
+    for start in range(0, num_images, query_chunk):
+        query_index = torch.arange(start, min(start + query_chunk, num_images), device=global_emb.device)
+        cand_global, cand_index = global_top(normalised[query_index], normalised, query_index, length)
+        rankings = {GLOBAL: cand_index}
+        if rerank:
+            stage2 = candidate_scores(similarity, local_emb, global_emb, query_index, cand_index[:, : max(depths)])
+            for depth, ranking in rerank_depths(cand_index, cand_global, stage2, depths).items():
+                rankings[ranking_name(depth)] = ranking
+        yield query_index, rankings
+
+
+def _default_similarity(eps: float, marginals: str, ot_options: dict | None) -> CandidateSimilarity:
+    from diml.ot import structural_similarity_candidates
+
+    return functools.partial(structural_similarity_candidates, eps=eps, marginals=marginals, **(ot_options or {}))
+
+
+def _metric_sums(
+    rankings: Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    labels: torch.Tensor,
+    cutoff: torch.Tensor,
+    valid: torch.Tensor,
+    ks: Sequence[int],
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Sum of each per-query metric over the valid queries, per ranking (kept on the device: no sync per chunk).
+
+    Args:
+        rankings: chunks from :func:`iter_rankings`.
+        labels: ``(N,)`` int64; ``cutoff``: ``(N,)`` R per query; ``valid``: ``(N,)`` bool, False for lone queries.
+    """
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    for query_index, chunk_rankings in rankings:
+        keep = valid[query_index]
+        query_labels = labels[query_index]
+        for name, ranking in chunk_rankings.items():
+            match = labels[ranking] == query_labels[:, None]
+            per_query = ranking_metrics(match, cutoff[query_index], ks)
+            totals = sums.setdefault(name, {})
+            for metric, values in per_query.items():
+                chunk_sum = torch.where(keep, values, 0.0).sum()
+                totals[metric] = totals[metric] + chunk_sum if metric in totals else chunk_sum
+    return sums
+
+
+def evaluate(
+    global_emb,
+    labels,
+    local_emb=None,
+    *,
+    depths: Sequence[int] = (100,),
+    ks: Sequence[int] = (1, 2, 4, 8),
+    r_includes_query: bool = False,
+    eps: float = 0.05,
+    marginals: str = "cross_attention",
+    ot_options: dict | None = None,
+    nmi: bool = True,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    query_chunk: int | None = None,
+    candidate_similarity: CandidateSimilarity | None = None,
+) -> dict[str, dict[str, float]]:
+    """Retrieval metrics of every image against all others, globally and after DIML re-ranking at each depth.
+
+    Every image is a query against the N - 1 others (the query is never in its own ranking). Stage 1 ranks by the
+    cosine of global embeddings (chunked matrix products and top-k; never an ``N x N`` matrix). Stage 2 (with
+    ``local_emb``) computes, for each query and each of its first ``K = max(depths)`` candidates, the structural
+    similarity (:func:`diml.ot.structural_similarity_candidates` with ``eps`` and ``marginals``); the final score
+    is structural + global cosine (as the DIML authors); for each depth ``d`` the first ``d`` candidates are
+    re-ordered by it and the rest keep their global order. All depths come from one stage-1 and one stage-2 pass.
+
+    Metrics, averaged over queries, in percent: ``R@k`` (Recall@k: some relevant image in the first k), ``RP``
+    (R-Precision) and ``MAP@R`` (Musgrave et al. 2020), plus ``NMI`` for the global ranking (faiss k-means with as
+    many clusters as labels on the L2-normalised ``global_emb``, seeded with ``seed``). ``R`` of a query is the
+    number of other images of its class; ``r_includes_query=True`` counts the query too (the DIML paper's
+    convention). RP and MAP@R read the first ``R`` results: each ranking is kept to
+    ``L = max(max(depths), max(ks), max R)`` results (capped at N - 1), so they are exact; positions past ``d`` come
+    from the global ranking. Queries whose class has no other image are excluded from every average (as PML does).
+
+    Args:
+        global_emb: ``(N, D)`` torch tensor or numpy array (need not be normalised).
+        labels: ``(N,)`` integer labels.
+        local_emb: ``(N, D, R)`` cell embeddings, or None: global ranking only (``depths`` is then ignored).
+        depths: re-ranking depths, each in ``[1, N - 1]``.
+        ks: the k of Recall@k, each in ``[1, N - 1]``.
+        r_includes_query: R counts the query itself (paper) instead of only the other images (PML, default).
+        eps, marginals, ot_options: options of the structural similarity (``ot_options`` holds the others, e.g.
+            ``max_iter``, ``tol``).
+        nmi: compute NMI (k-means; the slowest part at SOP scale).
+        seed: k-means seed.
+        device: where to compute (default: ``global_emb``'s device).
+        query_chunk: queries per chunk (default: :func:`auto_query_chunk`, ~256 MiB of working memory).
+        candidate_similarity: a stage-2 scorer replacing the structural similarity (same signature as
+            :func:`diml.ot.structural_similarity_candidates`).
+
+    Returns:
+        ``{"global": {"R@1", ..., "RP", "MAP@R", "NMI"}, "diml@d": {"R@1", ..., "RP", "MAP@R"}, ...,
+        "convention": {"r_includes_query": 0.0 | 1.0, "num_queries": .., "num_lone_queries": ..}}``: every value a
+        float; ``convention`` records the R convention and how many queries were averaged and excluded.
+    """
+    data = prepare(global_emb, labels, local_emb, depths, ks, device)
+    sizes = class_sizes(data.labels)
+    cutoff = relevant_cutoff(sizes, r_includes_query)
+    valid = sizes > 1
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError("labels: every class has a single image, so no query has a relevant result; "
+                         "evaluate a set with at least two images in some class")
+    num_images = data.global_emb.shape[0]
+    max_depth = max(data.depths, default=0)
+    length = min(num_images - 1, max(max_depth, max(data.ks, default=1), int(cutoff[valid].max())))
+    local_shape = tuple(data.local_emb.shape[1:]) if data.local_emb is not None else None
+    if query_chunk is not None and (isinstance(query_chunk, bool) or not isinstance(query_chunk, int)
+                                    or query_chunk < 1):
+        raise ValueError(f"query_chunk must be an integer >= 1 or None (automatic), got {query_chunk!r}")
+    chunk = query_chunk or auto_query_chunk(num_images, length, max_depth, local_shape)
+    similarity = candidate_similarity
+    if similarity is None and data.depths:
+        similarity = _default_similarity(eps, marginals, ot_options)
+
+    rankings = iter_rankings(
+        data.global_emb, data.local_emb, length=length, depths=data.depths, similarity=similarity,
+        query_chunk=chunk,
+    )
+    sums = _metric_sums(rankings, data.labels, cutoff, valid, data.ks)
+    result = {name: {m: 100.0 * float(v) / num_valid for m, v in totals.items()} for name, totals in sums.items()}
+    if nmi:
+        result[GLOBAL]["NMI"] = 100.0 * clustering_nmi(data.global_emb, data.labels, seed=seed)
+    result[CONVENTION_KEY] = {
+        "r_includes_query": float(bool(r_includes_query)),
+        "num_queries": float(num_valid),
+        "num_lone_queries": float(num_images - num_valid),
+    }
+    return result

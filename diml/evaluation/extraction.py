@@ -1,0 +1,112 @@
+"""Embedding extraction, sharded over the ranks of a ``torch.distributed`` group and gathered on rank 0."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from diml.evaluation.storage import EmbeddingSet
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The inner module of a DDP / DataParallel wrapper: evaluation needs no gradient synchronisation, and a DDP
+    forward on shards of unequal length could wait on a collective that the other ranks never reach."""
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _unpack(output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not hasattr(output, "global_emb"):
+        raise ValueError(f"model must return diml.models.Embeddings(global_emb, local_emb), got {type(output).__name__}")
+    local = getattr(output, "local_emb", None)
+    return output.global_emb.float(), None if local is None else local.float()
+
+
+def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers):
+    """Embed ``dataset[indices]`` in order. Returns ``(global (n, D), local (n, D, R) | None, labels (n,))`` on
+    ``device``."""
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    globals_, locals_, labels = [], [], []
+    module = _unwrap(model)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for images, batch_labels in loader:
+                glob, local = _unpack(module(images.to(device, non_blocking=True)))
+                globals_.append(glob)
+                locals_.append(local)
+                labels.append(torch.as_tensor(batch_labels, dtype=torch.int64).to(device))
+    finally:
+        module.train(was_training)
+    has_local = locals_[0] is not None
+    return torch.cat(globals_), torch.cat(locals_) if has_local else None, torch.cat(labels)
+
+
+def _gather_rank0(shard: torch.Tensor, num_images: int, rank: int, world: int, comm_device) -> torch.Tensor | None:
+    """Gather strided shards (rank ``r`` holds images ``r, r + world, ...``) into dataset order on rank 0.
+
+    Args:
+        shard: ``(n_r, ...)`` this rank's rows; every rank has ``ceil`` or ``floor`` of ``num_images / world``.
+
+    Returns:
+        ``(num_images, ...)`` on rank 0 (CPU), None elsewhere.
+    """
+    rows = math.ceil(num_images / world)
+    padded = torch.zeros((rows,) + tuple(shard.shape[1:]), dtype=shard.dtype, device=comm_device)
+    padded[: shard.shape[0]] = shard.to(comm_device)
+    bucket = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, bucket, dst=0)
+    if rank != 0:
+        return None
+    stacked = torch.stack(bucket).cpu()
+    index = torch.arange(num_images)
+    return stacked[index % world, index // world]
+
+
+def extract_embeddings(
+    model: torch.nn.Module, dataset: Dataset, *, batch_size: int, device, num_workers: int = 0
+) -> EmbeddingSet | None:
+    """Embed every image of ``dataset`` with ``model`` in eval mode (the training mode is restored afterwards).
+
+    Without ``torch.distributed`` (or with one rank) the whole dataset is embedded here. In an initialised process
+    group of W ranks, rank ``r`` embeds images ``r, r + W, r + 2W, ...`` and rank 0 gathers them: **rank 0 returns
+    the full set in dataset order, every other rank returns None**. Every rank must call this function (it holds a
+    collective). A DDP wrapper is unwrapped (no synchronisation needed at inference).
+
+    Args:
+        model: ``model(images (B, 3, H, W)) -> Embeddings(global_emb (B, D), local_emb (B, D, R))``.
+        dataset: yields ``(image, label)``.
+        batch_size: images per forward pass.
+        device: where the model runs.
+        num_workers: DataLoader workers.
+
+    Returns:
+        :class:`~diml.evaluation.storage.EmbeddingSet` with CPU float32 embeddings, int64 labels and empty metadata
+        (on rank 0 / single process), or None on the other ranks.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    device = torch.device(device)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    num_images = len(dataset)
+    if num_images < world or num_images == 0:
+        raise ValueError(f"dataset has {num_images} images for {world} rank(s): every rank needs at least one image")
+    glob, local, labels = _embed_shard(model, dataset, list(range(rank, num_images, world)), batch_size=batch_size,
+                                       device=device, num_workers=num_workers)
+    if not distributed:
+        return EmbeddingSet(glob.cpu(), labels.cpu(), None if local is None else local.cpu(), {})
+    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    glob = _gather_rank0(glob, num_images, rank, world, comm_device)
+    labels = _gather_rank0(labels, num_images, rank, world, comm_device)
+    if local is not None:
+        local = _gather_rank0(local, num_images, rank, world, comm_device)
+    if rank != 0:
+        return None
+    return EmbeddingSet(glob, labels, local, {})
