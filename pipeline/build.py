@@ -1,0 +1,89 @@
+"""The one place that maps a validated :class:`~pipeline.specs.RunSpec` to :mod:`diml` objects.
+
+Nothing else in :mod:`pipeline` constructs models, losses, data, optimizers or schedulers from spec fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.specs import OTSpec, RunSpec
+
+
+def build_splits(spec: RunSpec):
+    """Train / val / test splits of ``spec.data`` (val is None without ``data.val_fraction``)."""
+    from diml.data import build_splits as _build
+
+    data = spec.data
+    options: dict[str, Any] = {}
+    if data.dataset == "synthetic":
+        options = {"num_classes": data.synthetic.num_classes, "images_per_class": data.synthetic.images_per_class}
+    elif data.dataset == "folder":
+        options = {"test_fraction": data.test_fraction}
+    return _build(data.dataset, root=data.root, image_size=data.image_size, seed=spec.seed,
+                  val_fraction=data.val_fraction, skip_bad_images=data.skip_bad_images, **options)
+
+
+def build_model(spec: RunSpec) -> torch.nn.Module:
+    from diml.models import build_model as _build
+
+    m = spec.model
+    return _build(m.backbone, pretrained=m.pretrained, weights=m.weights, embed_dim=m.embed_dim, grid=m.grid,
+                  frozen_bn=m.frozen_bn)
+
+
+def ot_options(ot: OTSpec) -> dict[str, Any]:
+    return {"eps": ot.eps, "marginals": ot.marginals, "max_iter": ot.max_iter, "tol": ot.tol}
+
+
+def build_loss(spec: RunSpec, num_classes: int) -> torch.nn.Module:
+    from diml.losses import build_loss as _build
+
+    loss = spec.loss
+    return _build(loss.name, dict(loss.params), similarity=loss.similarity, num_classes=num_classes,
+                  embed_dim=spec.model.embed_dim, miner=loss.miner, miner_params=dict(loss.miner_params),
+                  ot=ot_options(loss.ot))
+
+
+def build_optimizer(spec: RunSpec, model: torch.nn.Module, loss: torch.nn.Module) -> torch.optim.Optimizer:
+    """Model parameters at ``optimizer.lr``; loss parameters (margin beta, proxies) at ``optimizer.loss_lr``."""
+    o = spec.optimizer
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": o.lr, "name": "model"}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": o.loss_lr or o.lr, "name": "loss"})
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+
+
+def build_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer):
+    """An epoch-level LR scheduler, or None for ``schedule.name: none``."""
+    s = spec.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=s.milestones, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs)
+    return None
+
+
+def build_sampler(spec: RunSpec, labels, *, rank: int, world_size: int):
+    """Class-balanced P x M batches of ``batch.size / world_size`` images, distinct per rank."""
+    from diml.data import ClassBalancedBatchSampler
+
+    return ClassBalancedBatchSampler(labels, spec.batch.size // world_size, spec.batch.images_per_class,
+                                     num_replicas=world_size, rank=rank, seed=spec.seed)
+
+
+def evaluation_options(spec: RunSpec) -> dict[str, Any]:
+    """Keyword arguments of :func:`diml.evaluation.evaluate` (depths, Recall@k, R convention, OT)."""
+    e = spec.evaluation
+    ot = ot_options(e.ot)
+    return {"depths": tuple(e.depths), "ks": tuple(e.ks), "r_includes_query": e.r_includes_query,
+            "eps": ot["eps"], "marginals": ot["marginals"]}

@@ -1,0 +1,94 @@
+"""``python -m pipeline.launch SPEC [--dry-run] [--resume] [--address ADDR] [--set path=value ...]``
+
+Validates the spec (every problem reported together, exit status 2, before Ray or MLflow start), then runs one Ray
+Tune trial per grid point, each a Ray Train ``TorchTrainer`` with the spec's workers, tracked in MLflow under one
+parent run, and prints the results table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+from pipeline import plan as planning
+from pipeline import tracking
+from pipeline.grid import Plan, SpecError, build_plan, load_spec_file
+
+EXIT_SPEC = 2
+EXIT_TRIALS_FAILED = 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", help="experiment spec (YAML), e.g. specs/quickstart.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials and resource plan, start nothing")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted launch of the same spec")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a spec field, e.g. --set optimizer.lr=1e-4 (repeatable)")
+    parser.add_argument("--assume-resources", default=None, metavar="CPU=64,GPU=8",
+                        help="with --dry-run: plan for this cluster instead of the current machine")
+    parser.add_argument("--num-cpus", type=float, default=None,
+                        help="local mode: logical CPUs Ray may schedule (default: enough for the spec)")
+    return parser.parse_args(argv)
+
+
+def launch_id(plan: Plan) -> str:
+    """Stable id of a launch (spec content after --set): a resumed launch finds its parent run by it."""
+    digest = hashlib.sha1(json.dumps(plan.raw, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{plan.name}-{digest[:10]}"
+
+
+def storage_path(plan: Plan) -> str:
+    configured = plan.trials[0].spec.resources.storage_path
+    if configured and "://" in configured:
+        return configured
+    return str(pathlib.Path(configured or "ray_results").expanduser().resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = build_plan(load_spec_file(args.spec), source=args.spec, sets=args.sets)
+        resources = planning.assumed_resources(args.assume_resources) if args.assume_resources else None
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    if args.dry_run:
+        print(planning.describe(plan, resources or planning.local_resources(args.address)))
+        return 0
+    problems = planning.resource_problems(plan, resources or planning.local_resources(args.address),
+                                          local=not (args.address or os.environ.get("RAY_ADDRESS")))
+    spec = plan.trials[0].spec
+    uri = tracking.resolve_tracking_uri(spec.tracking.uri)
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as exc:
+        problems.append(f"tracking.uri: {exc}")
+    if problems:
+        print(f"error: {SpecError(args.spec, problems)}", file=sys.stderr)
+        return EXIT_SPEC
+    from pipeline.run import run_plan
+
+    started = time.perf_counter()
+    outcome = run_plan(plan, uri=uri, launch=launch_id(plan), storage=storage_path(plan), resume=args.resume,
+                       address=args.address, num_cpus=args.num_cpus)
+    print(outcome.render())
+    print(f"\nwall time: {time.perf_counter() - started:.1f} s")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+          if uri.startswith(("sqlite:", "postgresql", "mysql")) else f"MLflow UI: {uri}")
+    return 0 if outcome.all_ok else EXIT_TRIALS_FAILED
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,195 @@
+"""``python -m pipeline.report [--experiment NAME | --parent-run ID] [--out DIR] [--tracking-uri URI]``
+
+The paper's table from MLflow: one row per dataset x loss (x backbone) x training mode (global baseline or DIML
+structural training); columns R@1 / RP / MAP@R of the global ranking and of test-time DIML re-ranking at each depth,
+with the gain over global; mean +- std over seeds. Written as Markdown, CSV and Parquet plus a PNG chart of the
+gains, and logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import tracking
+
+METRICS = (("R@1", "R_at_1"), ("RP", "RP"), ("MAP@R", "MAP_at_R"))
+GROUP_TAGS = ("dataset", "loss_variant", "backbone", "similarity")
+
+
+@dataclass
+class Report:
+    frame: "object"  # pandas.DataFrame, one row per group, numeric columns
+    rankings: list[str]
+    caption: str
+
+    def markdown(self) -> str:
+        header = ["dataset", "loss", "backbone", "training", "seeds"]
+        for ranking in self.rankings:
+            label = _label(ranking)
+            header += [f"{label} {m}" for m, _ in METRICS]
+            if ranking != "global":
+                header.append(f"{label} gain R@1")
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for _, row in self.frame.iterrows():
+            cells = [row["dataset"], row["loss_variant"], row["backbone"], row["similarity"], str(row["seeds"])]
+            for ranking in self.rankings:
+                cells += [_pm(row, f"{ranking}/{m}") for m, _ in METRICS]
+                if ranking != "global":
+                    cells.append(_pm(row, f"{ranking}/gain R@1", signed=True))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + f"\n\n{self.caption}\n"
+
+
+def _label(ranking: str) -> str:
+    return ranking.replace("diml_K", "DIML@")
+
+
+def _pm(row, key: str, signed: bool = False) -> str:
+    mean, std = row.get(f"{key} mean", math.nan), row.get(f"{key} std", math.nan)
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text if not std or math.isnan(std) else f"{text} ± {std:.2f}"
+
+
+def _trial_records(runs) -> list[dict]:
+    records = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        if tags.get(tracking.TAG_ROLE) != "trial" or run.info.status != "FINISHED":
+            continue
+        record = {key: tags.get(key, tags.get("loss", "?") if key == "loss_variant" else "?") for key in GROUP_TAGS}
+        record.update(seed=tags.get("seed", "0"), selection=tags.get("selection_split", "?"),
+                      convention=tags.get("r_convention", "?"), run_id=run.info.run_id)
+        for key, value in metrics.items():
+            if key.startswith("best/test/") and key.count("/") == 3:
+                _, _, ranking, metric = key.split("/")
+                record[f"{ranking}/{metric}"] = value
+        records.append(record)
+    return records
+
+
+def build_report(runs) -> Report:
+    """Aggregate finished trial runs into the paper-style table (mean and std over seeds)."""
+    import pandas as pd
+
+    records = _trial_records(runs)
+    if not records:
+        raise ValueError("no finished trial runs to report: run a grid first (python -m pipeline.launch SPEC)")
+    frame = pd.DataFrame(records)
+    rankings = sorted({c.split("/")[0] for c in frame.columns if "/" in c},
+                      key=lambda n: int(n.removeprefix("diml_K")) if n.startswith("diml_K") else -1)
+    for ranking in rankings[1:]:
+        frame[f"{ranking}/gain R_at_1"] = frame[f"{ranking}/R_at_1"] - frame["global/R_at_1"]
+    rows = []
+    for key, group in frame.groupby(list(GROUP_TAGS), sort=True):
+        row = dict(zip(GROUP_TAGS, key), seeds=int(group["seed"].nunique()))
+        for ranking in rankings:
+            names = [(m, k) for m, k in METRICS] + ([("gain R@1", "gain R_at_1")] if ranking != "global" else [])
+            for shown, stored in names:
+                values = group[f"{ranking}/{stored}"].astype(float).to_numpy()
+                row[f"{ranking}/{shown} mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+                row[f"{ranking}/{shown} std"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    conventions = ", ".join(sorted(set(frame["convention"])))
+    selections = ", ".join(sorted(set(frame["selection"])))
+    caption = (f"Test-set retrieval in percent, mean ± std over seeds. R convention: {conventions}. Best epoch "
+               f"selected on: {selections} split. DIML@K: the global top-K re-ranked by structural + global "
+               "similarity; gain: DIML@K R@1 minus global R@1. training: diml = trained with the structural loss.")
+    return Report(frame=table, rankings=rankings, caption=caption)
+
+
+def gains_chart(report: Report, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = report.frame
+    depths = report.rankings[1:]
+    labels = [f"{r.dataset}\n{r.loss_variant}\n{r.backbone} ({r.similarity})" for r in frame.itertuples()]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) * max(1, len(depths))), 4.5), dpi=100)
+    width = 0.8 / max(1, len(depths))
+    x = np.arange(len(labels))
+    for i, ranking in enumerate(depths):
+        ax.bar(x + i * width, frame[f"{ranking}/gain R@1 mean"].to_numpy(dtype=float), width,
+               yerr=np.nan_to_num(frame[f"{ranking}/gain R@1 std"].to_numpy(dtype=float)), label=_label(ranking))
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x + width * (len(depths) - 1) / 2, labels, fontsize=8)
+    ax.set_ylabel("R@1 gain over global (points)")
+    ax.set_title("Test-time DIML re-ranking gain")
+    if depths:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: Report, out: pathlib.Path) -> list[pathlib.Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.md", out / "report.csv", out / "report.parquet", out / "gains.png"]
+    files[0].write_text(report.markdown())
+    report.frame.to_csv(files[1], index=False)
+    report.frame.to_parquet(files[2], index=False)
+    gains_chart(report, files[3])
+    return files
+
+
+def runs_for(uri: str, experiment: str | None, parent_run: str | None):
+    """Child runs of ``parent_run`` (and that run's id), or of the latest launch of ``experiment``."""
+    c = tracking.client(uri)
+    if parent_run:
+        parent = c.get_run(parent_run)
+        experiment_id = parent.info.experiment_id
+    else:
+        found = c.get_experiment_by_name(experiment)
+        if found is None:
+            raise ValueError(f"--experiment {experiment!r} does not exist in {uri}: check the name in the MLflow UI")
+        experiment_id = found.experiment_id
+        launches = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_ROLE}` = 'launch'")
+        if not launches:
+            raise ValueError(f"experiment {experiment!r} has no launch runs: run a grid first")
+        parent_run = max(launches, key=lambda r: r.info.start_time).info.run_id
+    runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent_run}'")
+    return parent_run, runs
+
+
+def report_launch(uri: str, parent_run: str, runs, out: pathlib.Path) -> Report:
+    """Build, write and log the report of one launch (used by the launcher at the end of a grid)."""
+    report = build_report(runs)
+    files = write_report(report, out)
+    tracking.log_artifacts(uri, parent_run, [(str(f), "report") for f in files])
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", help="MLflow experiment name (its latest launch is reported)")
+    which.add_argument("--parent-run", help="MLflow run id of a launch")
+    parser.add_argument("--out", default="report", help="output folder (default ./report)")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    args = parser.parse_args(argv)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    try:
+        tracking.check_reachable(uri)
+        parent, runs = runs_for(uri, args.experiment, args.parent_run)
+        report = report_launch(uri, parent, runs, pathlib.Path(args.out))
+    except (ValueError, tracking.TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    print(f"written to {os.path.abspath(args.out)} and logged to run {parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Run a validated plan: start (or join) Ray, open the MLflow parent run, run the Tune grid, collect results.
+
+A launch writes ``<storage>/<launch id>.latest.json`` naming its Tune experiment folder and MLflow parent run, so
+that ``--resume`` after the launcher itself was killed restores that Tune experiment (finished trials are not
+re-run, interrupted ones continue from their last checkpoint) and keeps logging under the same parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import plan as planning
+from pipeline import tracking
+from pipeline.grid import Plan
+from pipeline.results import ResultsTable, collect_results
+from pipeline.trial import SELECTION_SCORE, run_trial
+
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state|PreemptionWatcher",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+@dataclass
+class Outcome:
+    table: ResultsTable
+    report: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None
+    experiment_path: str | None = None
+
+    @property
+    def all_ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        text = self.table.render()
+        if self.report:
+            text += "\n\n" + self.report
+        if self.errors:
+            text += "\n\nfailed trials:\n" + "\n".join(f"  - {k}: {v}" for k, v in self.errors.items())
+        return text
+
+
+# ------------------------------------------------------------------------------------------------ pointer file
+def _pointer_path(storage: str, launch: str) -> str:
+    return f"{storage.rstrip('/')}/{launch}.latest.json"
+
+
+def _read_pointer(storage: str, launch: str) -> dict[str, Any] | None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(_as_uri(_pointer_path(storage, launch)))
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def _write_pointer(storage: str, launch: str, content: dict[str, Any]) -> None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(_as_uri(_pointer_path(storage, launch)))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(content, indent=2).encode())
+
+
+def _as_uri(path: str) -> str:
+    return path if "://" in path else f"file://{path}"
+
+
+# ------------------------------------------------------------------------------------------------------ Ray/Tune
+def _start_ray(plan: Plan, address: str | None, num_cpus: float | None) -> bool:
+    """Join ``address`` / ``$RAY_ADDRESS`` or start a private local runtime; True when we started it."""
+    import ray
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
+    if address:
+        ray.init(address=address, runtime_env=env, logging_level="WARNING")
+        return True
+    resources = planning.local_resources()
+    cpus = num_cpus or planning.schedulable_cpus(plan, resources)
+    ray.init(address="local", num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
+             runtime_env=env, logging_level="WARNING")
+    return True
+
+
+def _param_space(plan: Plan, launch: dict[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    trials = [{"spec": t.spec.model_dump(mode="json"), "label": t.label, "index": t.index} for t in plan.trials]
+    space: dict[str, Any] = {"trial": tune.grid_search(trials), "launch": launch}
+    if plan.plan.search:
+        for path, dim in plan.plan.search.space.items():
+            key = path.replace(".", "__")
+            if dim.type == "choice":
+                space[key] = tune.choice(dim.values)
+            elif dim.type == "uniform":
+                space[key] = tune.uniform(dim.low, dim.high)
+            elif dim.type == "loguniform":
+                space[key] = tune.loguniform(dim.low, dim.high)
+            elif dim.type == "quniform":
+                space[key] = tune.quniform(dim.low, dim.high, dim.q)
+            else:
+                space[key] = tune.randint(int(dim.low), int(dim.high))
+    return space
+
+
+def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resources: planning.Resources):
+    from ray import tune
+
+    spec = plan.trials[0].spec
+    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.trial_cpus})
+    scheduler = None
+    search = plan.plan.search
+    if search and search.scheduler.name == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            metric=SELECTION_SCORE, mode="max", max_t=spec.epochs + 1, grace_period=search.scheduler.grace_period,
+            reduction_factor=search.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(plan, launch),
+        tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
+                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources))),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=spec.resources.trial_max_failures)),
+    )
+
+
+def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, address: str | None,
+             num_cpus: float | None) -> Outcome:
+    """Run every trial of ``plan`` on Ray Tune; returns the results table built from MLflow."""
+    from ray import tune
+
+    spec = plan.trials[0].spec
+    experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment or spec.name,
+                                               spec.tracking.artifact_location)
+    pointer = _read_pointer(storage, launch) if resume else None
+    if resume and pointer is None:
+        print(f"--resume: no earlier launch of this spec under {storage}; starting a new one")
+    name = pointer["tune_name"] if pointer else f"{launch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = pointer["parent_run_id"] if pointer else tracking.start_parent_run(
+        uri, experiment_id, launch, spec.name, plan.raw, resume=False)
+    if pointer:
+        tracking.client(uri).update_run(parent, status="RUNNING")
+    _write_pointer(storage, launch, {"tune_name": name, "parent_run_id": parent, "experiment_id": experiment_id})
+    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "storage_path": storage}
+    started_ray = _start_ray(plan, address, num_cpus)
+    try:
+        import ray
+
+        total = ray.cluster_resources()
+        resources = planning.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
+        path = f"{storage.rstrip('/')}/{name}"
+        if pointer and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=tune.with_resources(run_trial, {"cpu": spec.resources.trial_cpus}),
+                                       resume_unfinished=True, resume_errored=True, restart_errored=False)
+        else:
+            tuner = _tuner(plan, info, name, storage, resources)
+        grid = tuner.fit()
+        errors = {r.config["trial"]["label"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
+                  for r in grid if r.error is not None}
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    tracking.end_run(uri, parent, "FAILED" if errors else "FINISHED")
+    table = collect_results(uri, experiment_id, parent, spec)
+    report_text = _report(uri, parent, experiment_id, storage, name)
+    return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
+                   experiment_path=f"{storage}/{name}")
+
+
+def _report(uri: str, parent: str, experiment_id: str, storage: str, name: str) -> str:
+    """The paper-style report of this launch, logged to the parent run (empty when no trial finished)."""
+    import tempfile
+
+    from pipeline.report import report_launch
+
+    runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent}'")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return report_launch(uri, parent, runs, pathlib.Path(folder)).markdown()
+        except ValueError as exc:
+            return f"(no report: {exc})"

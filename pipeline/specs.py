@@ -1,0 +1,339 @@
+"""Experiment specs: strict, frozen Pydantic models with every default in one place.
+
+A spec file (YAML) holds the fields of a single run (:class:`RunSpec`) plus the optional :class:`PlanSpec`
+sections: ``grid`` (axes named by dotted paths), ``overrides`` (per-value changes, e.g. per-dataset epochs) and a
+Tune ``search`` space. :mod:`pipeline.grid` expands it into concrete :class:`RunSpec` objects, one per trial.
+
+Data crosses the Ray boundary as ``spec.model_dump(mode="json")`` and is re-validated on the other side.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DATASETS = ("synthetic", "cub200", "cars196", "sop", "folder")
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticSpec(Strict):
+    """The built-in synthetic part-based dataset (no download); classes split disjointly into train/test."""
+
+    num_classes: int = Field(48, ge=4, description="total classes, split half train / half test")
+    images_per_class: int = Field(24, ge=2)
+
+
+class DataSpec(Strict):
+    dataset: Literal["synthetic", "cub200", "cars196", "sop", "folder"] = "synthetic"
+    root: str | None = Field(None, description="dataset folder; required for every dataset but synthetic")
+    image_size: int = Field(224, ge=16, le=1024)
+    val_fraction: float = Field(
+        0.0, ge=0.0, lt=0.9, description="fraction of TRAIN classes held out for model selection (0: none)"
+    )
+    test_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="folder layout without train/test: test classes")
+    skip_bad_images: bool = False
+    loader_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per Train worker")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+
+    @model_validator(mode="after")
+    def _root_exists(self) -> "DataSpec":
+        if self.dataset == "synthetic":
+            return self
+        if not self.root:
+            raise ValueError(
+                f"data.root is required for dataset {self.dataset!r}: set it to the dataset folder "
+                "(see docs/DATASETS.md for where to obtain it)"
+            )
+        root = os.path.expanduser(self.root)
+        if not os.path.isdir(root):
+            raise ValueError(
+                f"data.root {self.root!r} does not exist or is not a folder: point it at the {self.dataset} "
+                "dataset (see docs/DATASETS.md)"
+            )
+        return self
+
+
+class ModelSpec(Strict):
+    backbone: str = "resnet50"
+    pretrained: bool = Field(False, description="load torchvision's ImageNet weights (needs them cached/online)")
+    weights: str | None = Field(None, description="path of a local state dict for the backbone")
+    embed_dim: int = Field(128, ge=1, le=8192)
+    grid: int = Field(4, ge=1, le=32, description="cells per side of the structural grid (R = grid^2)")
+    frozen_bn: bool = True
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the backbone")
+    amp: bool = Field(False, description="bf16 autocast for the backbone on GPU (OT stays float32)")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from diml.models import list_backbones
+
+        known = list_backbones()
+        if value not in known:
+            raise ValueError(f"unknown backbone {value!r}; allowed: {', '.join(known)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(os.path.expanduser(value)):
+            raise ValueError(f"model.weights {value!r} is not a file: give the path of a saved state dict")
+        return value
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> "ModelSpec":
+        if self.pretrained and self.weights:
+            raise ValueError("model.pretrained and model.weights are exclusive: set only one of them")
+        return self
+
+
+class OTSpec(Strict):
+    """Entropic optimal transport of the structural similarity (paper: eps 0.05, cross-attention marginals)."""
+
+    eps: float = Field(0.05, gt=0.0, le=10.0)
+    marginals: Literal["cross_attention", "uniform"] = "cross_attention"
+    max_iter: int = Field(200, ge=1, le=100000, description="Sinkhorn iterations before the Newton polish")
+    tol: float = Field(1e-6, gt=0.0, lt=1.0, description="marginal-error tolerance")
+
+
+class LossSpec(Strict):
+    name: str = "margin"
+    similarity: Literal["global", "diml"] = Field(
+        "global", description="global: cosine of pooled embeddings; diml: structural similarity (OT)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters of the loss")
+    miner: str | None = None
+    miner_params: dict[str, Any] = Field(default_factory=dict)
+    ot: OTSpec = Field(default_factory=OTSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        from diml.losses import list_losses
+
+        known = list_losses()
+        if value not in known:
+            raise ValueError(f"unknown loss {value!r}; allowed: {', '.join(known)}")
+        return value
+
+    @field_validator("miner")
+    @classmethod
+    def _known_miner(cls, value: str | None) -> str | None:
+        from diml.losses import list_miners
+
+        known = list_miners()
+        if value is not None and value not in known:
+            raise ValueError(f"unknown miner {value!r}; allowed: {', '.join(known)} (or null)")
+        return value
+
+
+class OptimizerSpec(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(4e-4, ge=0.0, le=1.0)
+    loss_lr: float | None = Field(None, gt=0.0, le=10.0, description="lr of loss parameters (margin beta, proxies)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+
+
+class ScheduleSpec(Strict):
+    name: Literal["none", "step", "multistep", "cosine"] = "none"
+    step_size: int = Field(30, ge=1, description="epochs between decays (step)")
+    milestones: list[int] = Field(default_factory=list, description="epochs of decay (multistep)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _milestones(self) -> "ScheduleSpec":
+        if self.name == "multistep" and not self.milestones:
+            raise ValueError("schedule.milestones must list at least one epoch when schedule.name is 'multistep'")
+        return self
+
+
+class BatchSpec(Strict):
+    size: int = Field(112, ge=2, le=65536, description="global batch per step, over all workers of a trial")
+    images_per_class: int = Field(2, ge=1, le=1024, description="M of a P x M class-balanced batch")
+    batches_per_epoch: int | None = Field(None, ge=1, description="cap the batches of an epoch (default: all)")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "BatchSpec":
+        if self.size % self.images_per_class:
+            raise ValueError(
+                f"batch.size {self.size} is not divisible by batch.images_per_class {self.images_per_class}: "
+                "choose a multiple (e.g. 112 = 56 classes x 2 images)"
+            )
+        return self
+
+
+class EvaluationSpec(Strict):
+    depths: list[int] = Field(default_factory=lambda: [100], description="test-time DIML re-ranking depths K")
+    ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="Recall@k")
+    r_includes_query: bool = Field(False, description="true: the DIML paper's R convention")
+    every_n_epochs: int = Field(1, ge=1)
+    selection_split: Literal["auto", "val", "test"] = Field(
+        "auto", description="split that selects the best epoch; auto: val when data.val_fraction > 0, else test"
+    )
+    selection_metric: str = Field("global/R_at_1", description="ranking/metric used to pick the best epoch")
+    batch_size: int = Field(128, ge=1)
+    ot: OTSpec = Field(default_factory=OTSpec)
+    save_embeddings: bool = Field(False, description="log the final test embeddings as Parquet")
+    explanations: int = Field(8, ge=0, le=256, description="test queries explained with figures at the end")
+    before_training: bool = Field(False, description="also score the untrained model on test (init/test/...)")
+
+    @field_validator("depths", "ks")
+    @classmethod
+    def _positive_unique(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"values must be >= 1, got {value}")
+        return sorted(set(value))
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_shape(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) != 2 or parts[1] not in METRIC_NAMES and not parts[1].startswith("R_at_"):
+            raise ValueError(
+                f"selection_metric {value!r} must be '<ranking>/<metric>' with ranking 'global' or 'diml_K<k>' "
+                f"and metric one of {', '.join(METRIC_NAMES)} or R_at_<k>"
+            )
+        return value
+
+
+METRIC_NAMES = ("RP", "MAP_at_R", "NMI")
+
+
+class ResourcesSpec(Strict):
+    workers_per_trial: int = Field(2, ge=1, le=1024)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=16.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
+    trial_cpus: float = Field(0.01, gt=0.0, le=8.0, description="CPU share of each trial's driver")
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    storage_path: str | None = Field(None, description="Ray results/checkpoints: absolute path or s3:// gs://")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts of a trial from its last checkpoint")
+    trial_max_failures: int = Field(0, ge=0, description="Tune-level retries of a whole trial")
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _gpu_consistency(self) -> "ResourcesSpec":
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("resources.use_gpu is true but gpus_per_worker is 0: set gpus_per_worker (e.g. 1)")
+        if not self.use_gpu and self.gpus_per_worker > 0:
+            raise ValueError("resources.gpus_per_worker > 0 but use_gpu is false: set use_gpu: true or 0 GPUs")
+        return self
+
+
+class TrackingSpec(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or ./mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment name; default: the spec name")
+    artifact_location: str | None = Field(None, description="artifact root for a new experiment; default ./mlartifacts")
+    log_checkpoint: bool = True
+
+
+class RunSpec(Strict):
+    """Everything one trial needs. Defaults follow the paper's setup (resnet50, 128-d, 56 x 2, Adam 1e-5)."""
+
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1, le=10000)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "RunSpec":
+        per_worker, rest = divmod(self.batch.size, self.resources.workers_per_trial)
+        if rest or per_worker % self.batch.images_per_class:
+            raise ValueError(
+                f"batch.size {self.batch.size} must split into resources.workers_per_trial "
+                f"{self.resources.workers_per_trial} equal batches that are multiples of batch.images_per_class "
+                f"{self.batch.images_per_class}: choose a multiple of "
+                f"{self.resources.workers_per_trial * self.batch.images_per_class}"
+            )
+        if self.evaluation.selection_split == "val" and self.data.val_fraction == 0:
+            raise ValueError("evaluation.selection_split is 'val' but data.val_fraction is 0: set data.val_fraction")
+        return self
+
+    @property
+    def selection_split(self) -> str:
+        if self.evaluation.selection_split != "auto":
+            return self.evaluation.selection_split
+        return "val" if self.data.val_fraction > 0 else "test"
+
+
+class SearchDim(Strict):
+    """One dimension of a Tune search space."""
+
+    type: Literal["uniform", "loguniform", "choice", "randint", "quniform"]
+    low: float | None = None
+    high: float | None = None
+    q: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SearchDim":
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a 'choice' search dimension needs a non-empty 'values' list")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type!r} search dimension needs low < high")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a 'loguniform' search dimension needs low > 0")
+        elif self.type == "quniform" and not self.q:
+            raise ValueError("a 'quniform' search dimension needs q > 0")
+        return self
+
+
+class SchedulerSpec(Strict):
+    """Trial scheduler; it maximises ``evaluation.selection_metric`` on the selection split."""
+
+    name: Literal["fifo", "asha"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class SearchSpec(Strict):
+    """Tune search combined with the grid: every grid point is sampled ``num_samples`` times."""
+
+    space: dict[str, SearchDim]
+    num_samples: int = Field(1, ge=1, le=10000)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+
+
+class Override(Strict):
+    """Per-value overrides: when every ``when`` path has the given value, apply ``set`` (dotted paths)."""
+
+    when: dict[str, Any] = Field(..., min_length=1)
+    set: dict[str, Any] = Field(..., min_length=1)
+
+
+class PlanSpec(Strict):
+    """The sections of a spec file that turn one run into many trials: ``grid``, ``overrides``, ``search``."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values (cartesian)")
+    overrides: list[Override] = Field(default_factory=list)
+    search: SearchSpec | None = None
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_axes(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for path, values in value.items():
+            if not values:
+                raise ValueError(f"grid axis {path!r} has no values: give at least one")
+        return value
+
+
+PLAN_KEYS = tuple(PlanSpec.model_fields)

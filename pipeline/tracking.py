@@ -1,0 +1,269 @@
+"""MLflow tracking: one parent run per launch, one child run per trial, logged from one process per trial.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no global "active run" state), so the
+same code works in the launcher, in a Tune trial driver and in a Ray Train rank-0 worker, against the default local
+SQLite store or a remote ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from typing import Any, Iterable
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_TRIAL = "ray_trial_id"
+TAG_LAUNCH = "diml.launch_id"
+TAG_ROLE = "diml.role"
+TRIAL_TAGS = ("dataset", "loss", "backbone", "similarity", "seed")
+PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pot", "pytorch-metric-learning", "faiss-cpu", "pydantic")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which URI and how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------------------ the store
+def resolve_tracking_uri(spec_uri: str | None, cwd: str | os.PathLike | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` > ``tracking.uri`` > ``sqlite:///<cwd>/mlflow.db``, made absolute.
+
+    Trials run with their working directory inside Ray's session folder, so a relative store would silently write
+    throw-away databases there: every local path is resolved against the launcher's working directory.
+    """
+    cwd = pathlib.Path(cwd or os.getcwd()).resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/"):
+            uri = f"sqlite:///{cwd / path}"
+    elif uri.startswith("file:"):
+        path = uri[len("file:"):].lstrip("/") if uri.startswith("file://") else uri[len("file:"):]
+        uri = pathlib.Path("/" + path if uri.startswith("file://") else path).resolve().as_uri()
+    elif "://" not in uri:
+        uri = pathlib.Path(cwd / uri).resolve().as_uri()
+    return uri
+
+
+def default_artifact_location(uri: str, cwd: str | os.PathLike | None = None) -> str | None:
+    """For a local database store, artifacts go to ``<cwd>/mlartifacts`` (absolute); a server decides itself."""
+    if uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        return (pathlib.Path(cwd or os.getcwd()).resolve() / "mlartifacts").as_uri()
+    return None
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Raise :class:`TrackingError` when the store at ``uri`` cannot be used (before any trial starts)."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} cannot be reached ({exc}): start it (mlflow server ...) or set "
+                "MLFLOW_TRACKING_URI / tracking.uri to a reachable server or to sqlite:///mlflow.db"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = pathlib.Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with an absolute artifact location) when missing."""
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            c.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = artifact_location or default_artifact_location(uri)
+    if location and "://" not in location:
+        location = pathlib.Path(location).expanduser().resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+# --------------------------------------------------------------------------------------------------- flattening
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": value}`` with stable dotted names; lists become JSON strings."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for key in sorted(tree):
+            out.update(flatten(tree[key], f"{prefix}.{key}" if prefix else str(key)))
+        if not tree and prefix:
+            out[prefix] = "{}"
+    elif isinstance(tree, (list, tuple)):
+        out[prefix] = json.dumps(tree)
+    else:
+        out[prefix] = tree
+    return out
+
+
+def _params(values: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def log_params(uri: str, run_id: str, values: dict[str, Any]) -> None:
+    items = _params(values)
+    c = client(uri)
+    for start in range(0, len(items), 90):
+        c.log_batch(run_id, params=items[start:start + 90])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    c = client(uri)
+    for start in range(0, len(items), 900):
+        c.log_batch(run_id, metrics=items[start:start + 900])
+
+
+def metric_key(split: str, ranking: str, metric: str) -> str:
+    """MLflow-safe metric names: ``test/diml_K100/R_at_1`` for split test, ranking diml@100, metric R@1."""
+    return f"{split}/{ranking.replace('diml@', 'diml_K')}/{metric.replace('@', '_at_')}"
+
+
+def evaluation_metrics(split: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {
+        metric_key(split, ranking, metric): value
+        for ranking, values in results.items()
+        for metric, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+# ---------------------------------------------------------------------------------------------- runs of a launch
+def environment_tags() -> dict[str, str]:
+    tags = {"host.platform": platform.platform(), "host.python": platform.python_version(),
+            "host.cpus": str(os.cpu_count())}
+    for name in PACKAGES:
+        try:
+            tags[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    try:
+        import torch
+
+        tags["host.gpus"] = str(torch.cuda.device_count())
+    except Exception:  # torch import problems must not stop tracking
+        pass
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=pathlib.Path(__file__).resolve().parents[1])
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def find_runs(uri: str, experiment_id: str, filter_string: str) -> list:
+    return client(uri).search_runs([experiment_id], filter_string=filter_string, max_results=5000)
+
+
+def start_parent_run(uri: str, experiment_id: str, launch_id: str, name: str, raw_spec: dict[str, Any],
+                     resume: bool) -> str:
+    """Create the launch's parent run (or, with ``resume``, find the one of this launch id and reopen it)."""
+    c = client(uri)
+    if resume:
+        runs = find_runs(uri, experiment_id, f"tags.`{TAG_LAUNCH}` = '{launch_id}' and tags.`{TAG_ROLE}` = 'launch'")
+        if runs:
+            c.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+    tags = {TAG_LAUNCH: launch_id, TAG_ROLE: "launch", "mlflow.runName": name, **environment_tags()}
+    run = c.create_run(experiment_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    c.log_text(run_id, _yaml_dump(raw_spec), "spec.yaml")
+    log_params(uri, run_id, flatten(raw_spec))
+    return run_id
+
+
+def ensure_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
+                     spec_json: dict[str, Any], tags: dict[str, str]) -> str:
+    """The trial's child run: found by its Tune trial id (a restarted trial continues its run) or created."""
+    c = client(uri)
+    runs = find_runs(uri, experiment_id,
+                     f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'")
+    if runs:
+        run_id = runs[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    all_tags = {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, TAG_ROLE: "trial", "mlflow.runName": run_name,
+                **tags}
+    run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    log_params(uri, run.info.run_id, flatten(spec_json))
+    c.log_text(run.info.run_id, _yaml_dump(spec_json), "spec.yaml")
+    return run.info.run_id
+
+
+def trial_tags(spec) -> dict[str, str]:
+    """The tags the MLflow UI filters on: dataset, loss, backbone, similarity (global / diml), seed."""
+    return {"dataset": spec.data.dataset, "loss": spec.loss.name, "loss_variant": loss_variant(spec),
+            "backbone": spec.model.backbone,
+            "similarity": spec.loss.similarity, "seed": str(spec.seed),
+            "selection_split": spec.selection_split,
+            "r_convention": "paper (R counts the query)" if spec.evaluation.r_includes_query else
+            "PML (R excludes the query)"}
+
+
+def loss_variant(spec) -> str:
+    """``margin(beta=1.2)``, ``triplet/semihard``: the loss as the paper's table names it."""
+    text = spec.loss.name + (f"/{spec.loss.miner}" if spec.loss.miner else "")
+    if spec.loss.params:
+        text += "(" + ",".join(f"{k}={v}" for k, v in sorted(spec.loss.params.items())) + ")"
+    return text
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
+def log_artifacts(uri: str, run_id: str, paths: Iterable[tuple[str, str | None]]) -> None:
+    """Log files or folders: ``(local_path, artifact_subdir)`` pairs."""
+    c = client(uri)
+    for local, subdir in paths:
+        if os.path.isdir(local):
+            c.log_artifacts(run_id, local, subdir)
+        else:
+            c.log_artifact(run_id, local, subdir)
+
+
+def _yaml_dump(tree: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=False)

@@ -1,0 +1,99 @@
+"""The Tune trainable of one trial: a driver function that builds and fits a Ray Train ``TorchTrainer``.
+
+Ray 2.60 Train V2 + Tune: the Tune trainable is a plain function (``Tuner(TorchTrainer)`` is gone). The Train run is
+named after the Tune trial id, so a restarted trial (Tune retry or ``--resume``) finds its checkpoints; the MLflow
+child run is found by the same id, so it is continued rather than duplicated.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pipeline import tracking
+from pipeline.grid import set_path
+from pipeline.specs import RunSpec
+
+SELECTION_SCORE = "selection_score"
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot succeed by retrying (e.g. a NaN loss); Tune marks it errored."""
+
+
+def apply_search(spec_json: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """The trial's spec with the values Tune sampled for the search space (dotted paths) filled in."""
+    spec_json = copy.deepcopy(spec_json)
+    for path, value in sampled.items():
+        set_path(spec_json, path, value)
+    return spec_json
+
+
+def _decode_search(sampled: dict[str, Any]) -> dict[str, Any]:
+    return {key.replace("__", "."): value for key, value in sampled.items()}
+
+
+def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: dict):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.worker import train_loop
+
+    r = spec.resources
+    per_worker = {"CPU": r.cpus_per_worker}
+    if r.use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    threads = str(max(1, int(r.cpus_per_worker)))
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec_json, "run_id": run_id, "tracking_uri": launch["tracking_uri"]},
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=launch["storage_path"],
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures, controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep,
+                                                         checkpoint_score_attribute=SELECTION_SCORE,
+                                                         checkpoint_score_order="max"),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}},
+        ),
+    )
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. ``config``: ``trial`` (spec JSON, label), ``launch`` (tracking, storage), and the
+    sampled search values (keys are dotted paths with ``__`` for ``.``)."""
+    import ray.tune
+
+    launch = config["launch"]
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "launch")}
+    spec_json = apply_search(config["trial"]["spec"], _decode_search(sampled))
+    spec = RunSpec.model_validate(spec_json)
+    trial_id = ray.tune.get_context().get_trial_id()
+    uri = launch["tracking_uri"]
+    run_id = None
+    if uri:
+        run_id = tracking.ensure_child_run(
+            uri, launch["experiment_id"], launch["parent_run_id"], trial_id,
+            run_name=f"{config['trial']['label']}", spec_json=spec_json,
+            tags={**tracking.trial_tags(spec), "trial_index": str(config["trial"]["index"])})
+    try:
+        result = build_trainer(spec, spec_json, trial_id, run_id, launch).fit()
+        outcome = result.return_value or {}
+        if result.error is not None:
+            raise result.error
+        if outcome.get("status") == "failed":
+            raise TrialFailed(f"trial {config['trial']['label']} failed in epoch {outcome.get('epoch')}: "
+                              f"{outcome.get('error')}")
+    except BaseException as exc:
+        if run_id:
+            tracking.set_tags(uri, run_id, {"failure": f"{type(exc).__name__}: {exc}"[:4000]})
+            tracking.end_run(uri, run_id, "FAILED")
+        raise
+    if run_id:
+        tracking.set_tags(uri, run_id, {"ray_train_path": result.path or ""})
+        tracking.end_run(uri, run_id, "FINISHED")

@@ -1,0 +1,308 @@
+"""The Ray Train loop of one trial, run by every worker (rank 0 also logs to MLflow and writes checkpoints).
+
+Per epoch: train on class-balanced batches (the loss sees the global batch of all workers), evaluate the
+selection split every ``evaluation.every_n_epochs`` (all workers embed a shard, rank 0 scores), report metrics from
+every rank (``ray.train.report`` is a barrier) with a checkpoint from rank 0 holding the model, loss parameters,
+optimizer, scheduler, epoch, RNG and the best weights so far. At the end: the best weights are evaluated on the test
+split (global and test-time DIML at every depth) and logged with the artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import build, tracking
+from pipeline.specs import RunSpec
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+
+
+@dataclass
+class Progress:
+    """What survives a restart besides the weights: next epoch, the best epoch so far and its metrics."""
+
+    next_epoch: int = 0
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    last_score: float = -math.inf
+
+
+@dataclass
+class Context:
+    spec: RunSpec
+    rank: int
+    world_size: int
+    device: torch.device
+    run_id: str | None
+    tracking_uri: str | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def _broadcast(value: Any, ctx: Context) -> Any:
+    """Rank 0's ``value`` on every rank (a no-op on one worker)."""
+    if ctx.world_size == 1 or not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def evaluate_split(train_module, dataset, ctx: Context) -> dict[str, dict[str, float]] | None:
+    """Embed ``dataset`` on all workers (each a shard) and score it on rank 0; other ranks get None."""
+    from diml.evaluation import evaluate, extract_embeddings
+
+    model = _unwrap(train_module).model
+    was_training = model.training
+    model.eval()
+    embeddings = extract_embeddings(model, dataset, batch_size=ctx.spec.evaluation.batch_size, device=ctx.device,
+                                    num_workers=ctx.spec.data.loader_workers)
+    model.train(was_training)
+    if ctx.rank != 0:
+        return None
+    return evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb,
+                    **build.evaluation_options(ctx.spec))
+
+
+def selection_score(results: dict[str, dict[str, float]], metric: str) -> float:
+    ranking, name = metric.split("/")
+    ranking = ranking.replace("diml_K", "diml@")
+    name = name.replace("_at_", "@")
+    if ranking not in results or name not in results[ranking]:
+        raise ValueError(f"evaluation.selection_metric {metric!r} is not among the evaluated rankings "
+                         f"{sorted(results)}: add its depth to evaluation.depths or pick another metric")
+    return float(results[ranking][name])
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(folder: str, train_module, optimizer, scheduler, progress: Progress, best_state) -> None:
+    module = _unwrap(train_module)
+    torch.save({"model": module.model.state_dict(), "loss": module.loss.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "progress": asdict(progress), "torch_rng": torch.get_rng_state()},
+               os.path.join(folder, STATE_FILE))
+    if best_state is not None:
+        torch.save(best_state, os.path.join(folder, BEST_FILE))
+
+
+def load_checkpoint(folder: str, train_module, optimizer, scheduler):
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns ``(progress, best_state)``."""
+    state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    module = _unwrap(train_module)
+    module.model.load_state_dict(state["model"])
+    module.loss.load_state_dict(state["loss"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    best_path = os.path.join(folder, BEST_FILE)
+    best = torch.load(best_path, map_location="cpu", weights_only=True) if os.path.exists(best_path) else None
+    return Progress(**state["progress"]), best
+
+
+def _snapshot(train_module) -> dict[str, dict[str, torch.Tensor]]:
+    module = _unwrap(train_module)
+    return {"model": {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()},
+            "loss": {k: v.detach().cpu().clone() for k, v in module.loss.state_dict().items()}}
+
+
+# --------------------------------------------------------------------------------------------------- the loop
+def _setup(config: dict[str, Any]):
+    import ray.train
+    import ray.train.torch
+
+    spec = RunSpec.model_validate(config["spec"])
+    train_ctx = ray.train.get_context()
+    ctx = Context(spec=spec, rank=train_ctx.get_world_rank(), world_size=train_ctx.get_world_size(),
+                  device=ray.train.torch.get_device(), run_id=config.get("run_id"),
+                  tracking_uri=config.get("tracking_uri"))
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    seed_everything(spec.seed)
+    from diml.engine import TrainModule
+
+    splits = build.build_splits(spec)
+    model = build.build_model(spec)
+    loss = build.build_loss(spec, splits.train.num_classes)
+    amp = torch.bfloat16 if spec.model.amp and ctx.device.type == "cuda" else None
+    module = TrainModule(model, loss, amp_dtype=amp).to(ctx.device)
+    if spec.model.channels_last:
+        module.model.to(memory_format=torch.channels_last)
+    optimizer = build.build_optimizer(spec, module.model, module.loss)
+    scheduler = build.build_scheduler(spec, optimizer)
+    if spec.model.compile:
+        module.model = torch.compile(module.model)
+    if ctx.world_size > 1:
+        module = ray.train.torch.prepare_model(module, move_to_device=False)
+    return ctx, splits, module, optimizer, scheduler
+
+
+def _loader(spec: RunSpec, dataset, ctx: Context):
+    sampler = build.build_sampler(spec, dataset.labels, rank=ctx.rank, world_size=ctx.world_size)
+    workers = spec.data.loader_workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0)
+    return sampler, loader
+
+
+def _epoch_batches(loader, limit: int | None):
+    for index, batch in enumerate(loader):
+        if limit is not None and index >= limit:
+            return
+        yield batch
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """``train_loop_per_worker`` of the trial's TorchTrainer; rank 0 returns the final metrics."""
+    import ray.train
+
+    from diml.engine import NonFiniteLossError, train_epoch
+
+    ctx, splits, module, optimizer, scheduler = _setup(config)
+    spec = ctx.spec
+    progress, best_state = Progress(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            progress, best_state = load_checkpoint(folder, module, optimizer, scheduler)
+    logger = _RankZeroLogger(ctx)
+    if progress.next_epoch == 0 and spec.evaluation.before_training:
+        results = evaluate_split(module, splits.test, ctx)
+        if results is not None:
+            logger.metrics(tracking.evaluation_metrics("init/test", results), 0)
+    sampler, loader = _loader(spec, splits.train, ctx)
+    selection = splits.val if spec.selection_split == "val" else splits.test
+    for epoch in range(progress.next_epoch, spec.epochs):
+        seed_everything(spec.seed * 100003 + epoch * 101 + ctx.rank)
+        sampler.set_epoch(epoch)
+        try:
+            stats = train_epoch(module, _epoch_batches(loader, spec.batch.batches_per_epoch), optimizer,
+                                epoch=epoch, device=ctx.device, channels_last=spec.model.channels_last)
+        except NonFiniteLossError as exc:
+            return logger.failed(exc, epoch)
+        if scheduler is not None:
+            scheduler.step()
+        metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr,
+                   "train/epoch_seconds": stats.seconds,
+                   "train/images_per_second": stats.images_per_second * ctx.world_size}
+        if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
+            best_state = _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best_state)
+        progress.next_epoch = epoch + 1
+        metrics["selection_score"] = progress.last_score
+        logger.metrics(metrics, epoch)
+        _report(metrics, ctx, module, optimizer, scheduler, progress, best_state)
+    return _finish(module, splits, ctx, progress, best_state, logger)
+
+
+def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progress, metrics, best_state):
+    start = time.perf_counter()
+    results = evaluate_split(module, dataset, ctx)
+    split = ctx.spec.selection_split
+    if ctx.rank == 0:
+        metrics.update(tracking.evaluation_metrics(split, results))
+        score = selection_score(results, ctx.spec.evaluation.selection_metric)
+    else:
+        score = None
+    score = _broadcast(score, ctx)
+    metrics[f"{split}/eval_seconds"] = time.perf_counter() - start
+    progress.last_score = score
+    if score > progress.best_score:
+        progress.best_score, progress.best_epoch = score, epoch
+        progress.best_metrics = {k: v for k, v in metrics.items() if k.startswith(f"{split}/")}
+        best_state = _snapshot(module)
+    return best_state
+
+
+def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_state) -> None:
+    import ray.train
+
+    if ctx.rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(folder, module, optimizer, scheduler, progress, best_state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _finish(module, splits, ctx: Context, progress: Progress, best_state, logger) -> dict[str, Any]:
+    """Evaluate the best weights on the test split and log the final metrics and artifacts."""
+    import ray.train
+
+    if best_state is not None:
+        unwrapped = _unwrap(module)
+        unwrapped.model.load_state_dict(best_state["model"])
+        unwrapped.loss.load_state_dict(best_state["loss"])
+    if ctx.spec.selection_split == "test":
+        final = {k.replace("test/", "best/test/", 1): v for k, v in progress.best_metrics.items()
+                 if not k.endswith("eval_seconds")}
+    else:
+        test_results = evaluate_split(module, splits.test, ctx)
+        final = {} if ctx.rank else {k.replace("test/", "best/test/", 1): v
+                                     for k, v in tracking.evaluation_metrics("test", test_results).items()}
+    final["best/epoch"] = progress.best_epoch
+    final["best/selection_score"] = progress.best_score
+    logger.final(final, module, splits, progress)
+    ray.train.report(final, checkpoint=None)
+    return {"status": "ok", **final} if ctx.rank == 0 else {"status": "ok"}
+
+
+class _RankZeroLogger:
+    """MLflow logging from rank 0 only (one process per trial); a no-op on other ranks or without a run."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
+        if self.active:
+            import socket
+
+            import ray
+
+            tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"ray_node_id": ray.get_runtime_context().get_node_id(),
+                                                             "hostname": socket.gethostname(),
+                                                             "workers": str(ctx.world_size)})
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.active:
+            values = {k: float(v) for k, v in metrics.items() if k != "epoch" and math.isfinite(float(v))}
+            tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, values, step)
+
+    def failed(self, exc: Exception, epoch: int) -> dict[str, Any]:
+        import ray.train
+
+        if self.active:
+            tracking.set_tags(self.ctx.tracking_uri, self.ctx.run_id,
+                              {"failure": str(exc), "failure.epoch": str(epoch)})
+        ray.train.report({"failed": 1, "failure": str(exc), "failure_epoch": epoch}, checkpoint=None)
+        return {"status": "failed", "error": str(exc), "epoch": epoch}
+
+    def final(self, final: dict[str, float], module, splits, progress: Progress) -> None:
+        if not self.active:
+            return
+        tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, final, max(progress.best_epoch, 0))
+        if self.ctx.spec.tracking.log_checkpoint:
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "best_model.pt")
+                unwrapped = _unwrap(module)
+                torch.save({"model": unwrapped.model.state_dict(), "loss": unwrapped.loss.state_dict(),
+                            "spec": self.ctx.spec.model_dump(mode="json"), "epoch": progress.best_epoch}, path)
+                tracking.log_artifacts(self.ctx.tracking_uri, self.ctx.run_id, [(path, "checkpoint")])

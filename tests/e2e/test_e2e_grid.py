@@ -1,0 +1,85 @@
+"""End to end: a tiny grid through pipeline.launch -> Ray Tune -> Ray Train (2 workers, DDP) -> MLflow."""
+
+import math
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+RANKINGS = ("global", "diml_K3", "diml_K5")
+METRICS = ("R_at_1", "R_at_2", "RP", "MAP_at_R")
+
+
+def _client(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _runs(tiny_grid):
+    c = _client(tiny_grid["uri"])
+    experiment = c.get_experiment_by_name(tiny_grid["experiment"])
+    assert experiment is not None
+    runs = c.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("diml.role") == "launch"]
+    children = [r for r in runs if r.data.tags.get("diml.role") == "trial"]
+    return c, experiment, parents, children
+
+
+def test_launch_succeeds(tiny_grid):
+    assert tiny_grid["code"] == 0
+
+
+def test_one_parent_and_one_child_per_trial(tiny_grid):
+    _, _, parents, children = _runs(tiny_grid)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.tags["similarity"] for r in children) == ["diml", "global"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        for tag in ("dataset", "loss", "backbone", "seed", "ray_trial_id", "ray_node_id"):
+            assert run.data.tags.get(tag), tag
+        assert run.data.params["loss.similarity"] == run.data.tags["similarity"]
+        assert run.data.params["model.backbone"] == "resnet18"
+
+
+def test_children_hold_finite_final_metrics_for_every_ranking(tiny_grid):
+    _, _, _, children = _runs(tiny_grid)
+    for run in children:
+        m = run.data.metrics
+        for ranking in RANKINGS:
+            for metric in METRICS:
+                value = m[f"best/test/{ranking}/{metric}"]
+                assert math.isfinite(value) and 0.0 <= value <= 100.0, (ranking, metric, value)
+        assert math.isfinite(m["best/test/global/NMI"])
+        assert math.isfinite(m["init/test/global/R_at_1"])
+        assert m["best/epoch"] == 0
+
+
+def test_per_epoch_metrics_and_checkpoint_artifact(tiny_grid, tmp_path):
+    import torch
+
+    c, _, parents, children = _runs(tiny_grid)
+    for run in children:
+        history = c.get_metric_history(run.info.run_id, "train/loss")
+        assert len(history) == 1 and history[0].step == 0 and math.isfinite(history[0].value)
+        for key in ("train/lr", "train/epoch_seconds", "train/images_per_second", "test/global/R_at_1"):
+            assert key in run.data.metrics, key
+        local = c.download_artifacts(run.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
+        state = torch.load(local, map_location="cpu", weights_only=True)
+        assert state["spec"]["loss"]["similarity"] == run.data.tags["similarity"]
+        assert any(k.endswith("weight") for k in state["model"])
+    artifacts = [a.path for a in c.list_artifacts(parents[0].info.run_id)]
+    assert "spec.yaml" in artifacts
+
+
+def test_results_table_printed(tiny_grid, capsys):
+    from pipeline.results import collect_results
+
+    _, experiment, parents, _ = _runs(tiny_grid)
+    table = collect_results(tiny_grid["uri"], experiment.experiment_id, parents[0].info.run_id).render()
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["trial", "loss", "mode", "status"]
+    assert "diml@5 R@1" in lines[0] and "global R@1" in lines[0]
+    assert len(lines) == 4 and all("FINISHED" in line for line in lines[2:])

@@ -1,0 +1,172 @@
+"""Spec validation: a catalogue of malformed specs, each with the message a user sees; grid expansion."""
+
+import pathlib
+
+import pytest
+import yaml
+
+from pipeline.grid import SpecError, build_plan, check_path, load_spec_file
+from pipeline.launch import main as launch_main
+from pipeline.specs import RunSpec
+
+BASE = {"name": "t", "data": {"dataset": "synthetic", "image_size": 32}, "model": {"backbone": "resnet18"},
+        "batch": {"size": 8, "images_per_class": 2}}
+
+
+def _with(path: str, value):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    node = raw
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return raw
+
+
+CATALOGUE = [
+    ("unknown top-level key", _with("epoch", 3), "'epoch' is not a spec field; allowed under the top level"),
+    ("unknown nested key", _with("model.backbon", "resnet18"), "'backbon' is not a spec field; allowed under model"),
+    ("wrong type", _with("epochs", "two"), "epochs: Input should be a valid integer"),
+    ("out of range", _with("epochs", 0), "epochs: Input should be greater than or equal to 1 (got 0)"),
+    ("batch not divisible by M", _with("batch", {"size": 9, "images_per_class": 2}),
+     "batch.size 9 is not divisible by batch.images_per_class 2"),
+    ("batch does not split over workers", _with("resources", {"workers_per_trial": 3}),
+     "must split into resources.workers_per_trial 3 equal batches"),
+    ("unknown loss", _with("loss", {"name": "hinge-ish"}), "loss.name: unknown loss 'hinge-ish'; allowed: "),
+    ("unknown backbone", _with("model.backbone", "resnet7"), "model.backbone: unknown backbone 'resnet7'; allowed:"),
+    ("bad similarity", _with("loss", {"name": "margin", "similarity": "structural"}),
+     "loss.similarity: Input should be 'global' or 'diml' (got 'structural')"),
+    ("unknown dataset", _with("data.dataset", "imagenet"), "data.dataset: Input should be 'synthetic', 'cub200'"),
+    ("root required", _with("data.dataset", "cub200"), "data.root is required for dataset 'cub200'"),
+    ("root missing", _with("data", {"dataset": "cars196", "root": "/nonexistent/cars"}),
+     "data.root '/nonexistent/cars' does not exist"),
+    ("gpu without gpus", _with("resources", {"use_gpu": True}), "resources.use_gpu is true but gpus_per_worker is 0"),
+    ("negative eps", _with("loss", {"name": "margin", "ot": {"eps": -0.1}}),
+     "loss.ot.eps: Input should be greater than 0"),
+    ("bad marginals", _with("evaluation", {"ot": {"marginals": "sinkhorn"}}),
+     "evaluation.ot.marginals: Input should be 'cross_attention' or 'uniform'"),
+    ("missing weights file", _with("model.weights", "/nonexistent/w.pt"), "model.weights '/nonexistent/w.pt' is not"),
+    ("val selection without val split", _with("evaluation", {"selection_split": "val"}),
+     "evaluation.selection_split is 'val' but data.val_fraction is 0"),
+    ("zero depth", _with("evaluation", {"depths": [0, 10]}), "evaluation.depths: values must be >= 1"),
+    ("unknown miner", _with("loss", {"name": "triplet", "miner": "hardest-ever"}), "unknown miner 'hardest-ever'"),
+    ("missing name", {k: v for k, v in BASE.items() if k != "name"}, "name: Field required"),
+    ("bad selection metric", _with("evaluation", {"selection_metric": "R@1"}),
+     "selection_metric 'R@1' must be '<ranking>/<metric>'"),
+    ("grid axis not a field", _with("grid", {"loss.nmae": ["margin"]}), "'nmae' is not a spec field; allowed under loss"),
+    ("empty grid axis", _with("grid", {"seed": []}), "grid axis 'seed' has no values"),
+    ("search bounds", _with("search", {"space": {"optimizer.lr": {"type": "loguniform", "low": 0, "high": 1}}}),
+     "a 'loguniform' search dimension needs low > 0"),
+    ("override path not a field", _with("overrides", [{"when": {"data.datset": "sop"}, "set": {"epochs": 1}}]),
+     "'datset' is not a spec field; allowed under data"),
+]
+
+
+@pytest.mark.parametrize("raw,expected", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
+def test_malformed_spec_is_reported_with_field_path_and_fix(raw, expected):
+    with pytest.raises(SpecError) as info:
+        build_plan(raw, source="bad.yaml")
+    text = str(info.value)
+    assert expected in text, text
+    assert text.startswith("1 problem(s) in bad.yaml") or "problem(s) in bad.yaml" in text
+
+
+def test_several_errors_are_reported_together():
+    raw = _with("epochs", 0)
+    raw["model"]["backbone"] = "resnet7"
+    raw["loss"] = {"name": "nope"}
+    with pytest.raises(SpecError) as info:
+        build_plan(raw)
+    assert len(info.value.problems) == 3
+    assert {p.split(":")[0] for p in info.value.problems} == {"epochs", "model.backbone", "loss.name"}
+
+
+def test_base_error_in_a_grid_is_reported_once():
+    raw = _with("epochs", 0)
+    raw["grid"] = {"seed": [0, 1, 2]}
+    with pytest.raises(SpecError) as info:
+        build_plan(raw)
+    assert info.value.problems == ["epochs: Input should be greater than or equal to 1 (got 0) (in all 3 trials)"]
+
+
+def test_error_in_one_grid_point_names_the_trial():
+    raw = _with("grid", {"batch.size": [8, 9]})
+    with pytest.raises(SpecError) as info:
+        build_plan(raw)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("trial 1 (9): batch: ")
+
+
+def test_grid_is_cartesian_with_dict_axes_and_overrides():
+    raw = _with("grid", {
+        "loss": [{"name": "margin", "params": {"beta": 0.6}}, {"name": "triplet", "miner": "semihard"}],
+        "loss.similarity": ["global", "diml"],
+        "seed": [0, 1],
+    })
+    raw["overrides"] = [{"when": {"loss.name": "triplet"}, "set": {"epochs": 7}}]
+    plan = build_plan(raw)
+    assert len(plan.trials) == 8
+    specs = [t.spec for t in plan.trials]
+    assert [s.loss.name for s in specs] == ["margin"] * 4 + ["triplet"] * 4
+    assert [s.seed for s in specs[:4]] == [0, 1, 0, 1]
+    assert {s.epochs for s in specs if s.loss.name == "triplet"} == {7}
+    assert {s.epochs for s in specs if s.loss.name == "margin"} == {1}
+    assert specs[0].loss.params == {"beta": 0.6} and specs[4].loss.miner == "semihard"
+    assert plan.trials[0].varying["loss.similarity"] == "global"
+    assert len({t.label for t in plan.trials}) == 8
+
+
+def test_set_overrides_are_applied_and_checked():
+    plan = build_plan(BASE, sets=["optimizer.lr=1e-4", "grid.seed=[3, 4]", "model.embed_dim=64"])
+    assert [t.spec.seed for t in plan.trials] == [3, 4]
+    assert plan.trials[0].spec.optimizer.lr == pytest.approx(1e-4)
+    assert plan.trials[0].spec.model.embed_dim == 64
+    with pytest.raises(SpecError, match="--set optimizer.lrr: 'lrr' is not a spec field"):
+        build_plan(BASE, sets=["optimizer.lrr=1"])
+    with pytest.raises(SpecError, match="expected path=value"):
+        build_plan(BASE, sets=["optimizer.lr"])
+
+
+def test_spec_round_trips_through_json():
+    spec = build_plan(BASE).trials[0].spec
+    assert RunSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+def test_check_path_accepts_free_form_params_and_rejects_values_as_sections():
+    assert check_path("loss.params.beta") is None
+    assert "is a value, not a section" in check_path("epochs.x")
+
+
+def test_launch_exits_2_before_starting_anything(tmp_path, capsys):
+    import ray
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(_with("epochs", 0)))
+    assert launch_main([str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "epochs: Input should be greater than or equal to 1" in err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "mlflow.db").exists()
+    assert launch_main([str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unparseable_yaml_is_a_spec_error(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec_file(path)
+
+
+SPECS = sorted(pathlib.Path(__file__).resolve().parents[2].joinpath("specs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_every_spec_in_the_tree_validates(path, monkeypatch, tmp_path):
+    """Walks specs/ recursively; dataset roots of the paper specs are pointed at an existing folder."""
+    raw = load_spec_file(path)
+    sets = []
+    if raw.get("data", {}).get("dataset", "synthetic") != "synthetic":
+        sets.append(f"data.root={tmp_path}")
+    plan = build_plan(raw, source=str(path), sets=sets)
+    assert plan.trials
