@@ -34,6 +34,13 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
                   frozen_bn=m.frozen_bn)
 
 
+def model_config(spec: RunSpec) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its model without the spec (``python -m diml.explain``)."""
+    m = spec.model
+    return {"backbone": m.backbone, "embed_dim": m.embed_dim, "grid": m.grid, "frozen_bn": m.frozen_bn,
+            "image_size": spec.data.image_size}
+
+
 def ot_options(ot: OTSpec) -> dict[str, Any]:
     return {"eps": ot.eps, "marginals": ot.marginals, "max_iter": ot.max_iter, "tol": ot.tol}
 

@@ -68,8 +68,11 @@ def _broadcast(value: Any, ctx: Context) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def evaluate_split(train_module, dataset, ctx: Context) -> dict[str, dict[str, float]] | None:
-    """Embed ``dataset`` on all workers (each a shard) and score it on rank 0; other ranks get None."""
+def evaluate_split(train_module, dataset, ctx: Context):
+    """Embed ``dataset`` on all workers (each a shard) and score it on rank 0.
+
+    Returns ``(results, embeddings)`` on rank 0 and ``(None, None)`` on the other ranks.
+    """
     from diml.evaluation import evaluate, extract_embeddings
 
     model = _unwrap(train_module).model
@@ -79,9 +82,10 @@ def evaluate_split(train_module, dataset, ctx: Context) -> dict[str, dict[str, f
                                     num_workers=ctx.spec.data.loader_workers)
     model.train(was_training)
     if ctx.rank != 0:
-        return None
-    return evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb,
-                    **build.evaluation_options(ctx.spec))
+        return None, None
+    results = evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb,
+                       **build.evaluation_options(ctx.spec))
+    return results, embeddings
 
 
 def selection_score(results: dict[str, dict[str, float]], metric: str) -> float:
@@ -187,7 +191,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             progress, best_state = load_checkpoint(folder, module, optimizer, scheduler)
     logger = _RankZeroLogger(ctx)
     if progress.next_epoch == 0 and spec.evaluation.before_training:
-        results = evaluate_split(module, splits.test, ctx)
+        results, _ = evaluate_split(module, splits.test, ctx)
         if results is not None:
             logger.metrics(tracking.evaluation_metrics("init/test", results), 0)
     sampler, loader = _loader(spec, splits.train, ctx)
@@ -216,7 +220,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progress, metrics, best_state):
     start = time.perf_counter()
-    results = evaluate_split(module, dataset, ctx)
+    results, _ = evaluate_split(module, dataset, ctx)
     split = ctx.spec.selection_split
     if ctx.rank == 0:
         metrics.update(tracking.evaluation_metrics(split, results))
@@ -252,16 +256,19 @@ def _finish(module, splits, ctx: Context, progress: Progress, best_state, logger
         unwrapped = _unwrap(module)
         unwrapped.model.load_state_dict(best_state["model"])
         unwrapped.loss.load_state_dict(best_state["loss"])
-    if ctx.spec.selection_split == "test":
+    evaluation = ctx.spec.evaluation
+    test_embeddings = None
+    if ctx.spec.selection_split == "test" and not (evaluation.save_embeddings or evaluation.explanations):
         final = {k.replace("test/", "best/test/", 1): v for k, v in progress.best_metrics.items()
                  if not k.endswith("eval_seconds")}
     else:
-        test_results = evaluate_split(module, splits.test, ctx)
+        test_results, test_embeddings = evaluate_split(module, splits.test, ctx)
         final = {} if ctx.rank else {k.replace("test/", "best/test/", 1): v
                                      for k, v in tracking.evaluation_metrics("test", test_results).items()}
     final["best/epoch"] = progress.best_epoch
     final["best/selection_score"] = progress.best_score
-    logger.final(final, module, splits, progress)
+    final["selection_score"] = progress.best_score
+    logger.final(final, module, splits, progress, test_embeddings)
     ray.train.report(final, checkpoint=None)
     return {"status": "ok", **final} if ctx.rank == 0 else {"status": "ok"}
 
@@ -295,14 +302,40 @@ class _RankZeroLogger:
         ray.train.report({"failed": 1, "failure": str(exc), "failure_epoch": epoch}, checkpoint=None)
         return {"status": "failed", "error": str(exc), "epoch": epoch}
 
-    def final(self, final: dict[str, float], module, splits, progress: Progress) -> None:
+    def final(self, final: dict[str, float], module, splits, progress: Progress, embeddings) -> None:
         if not self.active:
             return
-        tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, final, max(progress.best_epoch, 0))
-        if self.ctx.spec.tracking.log_checkpoint:
-            with tempfile.TemporaryDirectory() as folder:
+        uri, run_id, spec = self.ctx.tracking_uri, self.ctx.run_id, self.ctx.spec
+        tracking.log_metrics(uri, run_id, final, max(progress.best_epoch, 0))
+        model = _unwrap(module).model
+        with tempfile.TemporaryDirectory() as folder:
+            logged = []
+            if spec.tracking.log_checkpoint:
                 path = os.path.join(folder, "best_model.pt")
-                unwrapped = _unwrap(module)
-                torch.save({"model": unwrapped.model.state_dict(), "loss": unwrapped.loss.state_dict(),
-                            "spec": self.ctx.spec.model_dump(mode="json"), "epoch": progress.best_epoch}, path)
-                tracking.log_artifacts(self.ctx.tracking_uri, self.ctx.run_id, [(path, "checkpoint")])
+                torch.save({"model": model.state_dict(), "loss": _unwrap(module).loss.state_dict(),
+                            "model_config": build.model_config(spec), "spec": spec.model_dump(mode="json"),
+                            "epoch": progress.best_epoch}, path)
+                logged.append((path, "checkpoint"))
+            if embeddings is not None and spec.evaluation.save_embeddings:
+                from diml.evaluation import save_embeddings
+
+                path = os.path.join(folder, "test_embeddings.parquet")
+                save_embeddings(path, embeddings.global_emb, embeddings.labels, embeddings.local_emb,
+                                metadata={"split": "test", "epoch": progress.best_epoch, "dataset": spec.data.dataset})
+                logged.append((path, "embeddings"))
+            if embeddings is not None and spec.evaluation.explanations:
+                logged.append((self._explanations(model, splits.test, embeddings, folder), "explanations"))
+            tracking.log_artifacts(uri, run_id, logged)
+
+    def _explanations(self, model, dataset, embeddings, folder: str) -> str:
+        from diml.explain import write_trial_explanations
+
+        spec = self.ctx.spec
+        out = os.path.join(folder, "explanations")
+        was_training = model.training
+        model.eval()
+        write_trial_explanations(model, dataset, embeddings, out, n_queries=spec.evaluation.explanations,
+                                 seed=spec.seed, depth=max(spec.evaluation.depths), eps=spec.evaluation.ot.eps,
+                                 marginals=spec.evaluation.ot.marginals, device=self.ctx.device)
+        model.train(was_training)
+        return out

@@ -1,0 +1,63 @@
+"""Dry-run planning: trial table, resource needs and concurrency, computed without starting Ray."""
+
+import pytest
+
+from pipeline.grid import SpecError, build_plan
+from pipeline.launch import main as launch_main
+from pipeline.plan import Demand, Resources, assumed_resources, concurrency, describe, resource_problems
+
+BASE = {"name": "p", "data": {"dataset": "synthetic", "image_size": 32}, "model": {"backbone": "resnet18"},
+        "batch": {"size": 8, "images_per_class": 2},
+        "resources": {"workers_per_trial": 2, "use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 4},
+        "grid": {"loss.name": ["margin", "multisimilarity", "contrastive"], "seed": [0, 1]}}
+
+
+def test_demand_counts_driver_share_and_workers():
+    spec = build_plan(BASE).trials[0].spec
+    assert Demand.of(spec) == Demand(cpus=0.01 + 2 * 4, gpus=2.0, workers=2)
+
+
+def test_concurrency_is_limited_by_the_scarcest_resource_and_the_spec():
+    plan = build_plan(BASE)
+    assert concurrency(plan, Resources(cpus=64, gpus=8, where="x")) == 4      # 8 GPUs / 2 per trial
+    assert concurrency(plan, Resources(cpus=20, gpus=8, where="x")) == 2      # 20 CPUs / 8.01 per trial
+    capped = build_plan(BASE, sets=["resources.max_concurrent_trials=1"])
+    assert concurrency(capped, Resources(cpus=64, gpus=8, where="x")) == 1
+    assert concurrency(plan, Resources(cpus=64, gpus=1, where="x")) == 0
+
+
+def test_describe_lists_every_trial_and_the_schedule():
+    text = describe(build_plan(BASE), assumed_resources("CPU=64,GPU=8"))
+    lines = text.splitlines()
+    assert lines[0].split() == ["#", "trial", "loss.name", "seed", "workers", "CPU", "GPU", "epochs"]
+    rows = [line for line in lines[2:] if line[:1].isdigit()]
+    assert len(rows) == 6
+    assert rows[1].split()[:4] == ["1", "margin_1", "margin", "1"]
+    assert "trials: 6" in text
+    assert "at most 4 trial(s) run at once; about 2 wave(s)" in text
+    assert "all trials at once would need 48.06 CPU, 12 GPU" in text
+
+
+def test_assumed_resources_parsing():
+    assert assumed_resources("CPU=8, GPU=2") == Resources(8.0, 2.0, "assumed cluster (CPU=8, GPU=2)")
+    with pytest.raises(SpecError, match="expected CPU=<n>,GPU=<n>"):
+        assumed_resources("TPU=4")
+
+
+def test_gpu_trials_are_refused_on_a_local_machine_without_gpus():
+    plan = build_plan(BASE)
+    problems = resource_problems(plan, Resources(cpus=2, gpus=0, where="this machine"), local=True)
+    assert len(problems) == 6 and "need 2 GPU(s) but this machine has 0" in problems[0]
+    assert resource_problems(plan, Resources(cpus=2, gpus=0, where="cluster"), local=False) == []
+
+
+def test_dry_run_cli_prints_plan_and_starts_nothing(tmp_path, capsys):
+    import ray
+    import yaml
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(BASE))
+    assert launch_main([str(spec), "--dry-run", "--assume-resources", "CPU=64,GPU=8"]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 6" in out and "at most 4 trial(s) run at once" in out
+    assert not ray.is_initialized()
