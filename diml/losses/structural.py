@@ -1,0 +1,211 @@
+r"""DIML's structural similarity as pytorch-metric-learning distances (Zhao et al., ICCV 2021, Sec. 3.2-3.3).
+
+PML losses compute ``mat = self.distance(embeddings, ref_emb)`` and never look inside the embeddings, so the whole
+structural machinery lives in these distance objects and every pair-based PML loss (margin, triplet, contrastive,
+multi-similarity, ...) runs structurally without a copy of the loss.  The embeddings reach the distance *packed*:
+
+    ``packed (N, D, R + 1)`` with ``packed[:, :, 0]`` the global vector and ``packed[:, :, 1:]`` the ``R`` cells,
+
+built by :func:`pack_embeddings`.  PML normalises embeddings along ``dim=1`` (the channel axis), which for this
+layout L2-normalises the global vector and every cell separately, exactly what DIML needs.
+
+For a query ``q`` and a reference ``r`` with cells ``q_i``, ``r_j``, :func:`diml.ot.match` gives the cell cosines
+:math:`S_{ij} = \cos(q_i, r_j)` and the optimal-transport plan :math:`T` (cross-attention marginals by default,
+constant for the gradient by default).  With :math:`s_g = \cos(q_g, r_g)`:
+
+* :class:`StructuralSimilarity` (inverted; the multi-similarity-DIML similarity, paper Eq. 9 with Eq. 5):
+
+  .. math:: s(q, r) = \sum_{ij} T_{ij}\,\frac{S_{ij} + s_g}{2}
+
+* :class:`StructuralDistance` (not inverted; the margin-DIML distance):
+
+  .. math:: d(q, r) = \frac{1}{2}\Big(\sum_{ij} T_{ij}\, d_{ij} + d_g\Big),
+     \qquad d_{ij} = \lVert \hat q_i - \hat r_j\rVert_2 = \sqrt{2 - 2 S_{ij}},\quad d_g = \sqrt{2 - 2 s_g}
+
+  with ``cell_distance="snr"`` the Euclidean distance is replaced by PML's signal-to-noise-ratio distance
+  :math:`\operatorname{var}(\hat q - \hat r) / \operatorname{var}(\hat q)` (for the SNR loss).
+
+``include_global=False`` drops the global term (then ``s = sum T S``, the paper's test-time similarity, and
+``d = sum T d``).
+
+**Marginal orientation.**  The row marginal of :math:`T` weights the query cells by the *reference's* global vector,
+:math:`a_i \propto \mathrm{relu}(\hat r_g \cdot \hat q_i)`, and the column marginal weights the reference cells by
+the query's global vector, :math:`b_j \propto \mathrm{relu}(\hat q_g \cdot \hat r_j)`; this is the orientation of
+the paper and of the authors' evaluation code.  The authors' *training* losses (``criteria/margin_diml.py``,
+``criteria/multisimilarity_diml.py`` in wl-zhao/DIML) pass the two marginals transposed (the weights computed for
+the reference cells are used on the query cells' axis); we do not reproduce that bug: training and evaluation use the
+same, correct orientation through :func:`diml.ot.match`.  The authors also compute the global vector as the mean of
+the cells; here it is whatever the model produced (``diml.models`` derives it from the same map).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import BaseDistance
+
+from diml import ot as diml_ot
+
+GLOBAL_SLOT = 0
+# d = sqrt(max(2 - 2 cos, this)): exact for every distance >= 1e-4 and a bounded gradient at coincident vectors.
+MIN_SQUARED_DISTANCE = 1e-8
+# SNR denominators (the variance of a normalised vector) are clamped here; a constant vector has variance 0.
+MIN_VARIANCE = 1e-12
+OT_KEYS = ("eps", "marginals", "max_iter", "tol", "grad")
+
+
+def pack_embeddings(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
+    """``global_emb (N, D)``, ``local_emb (N, D, R)`` -> ``packed (N, D, R + 1)`` (global in slot 0)."""
+    if global_emb.ndim != 2 or local_emb.ndim != 3 or local_emb.shape[:2] != global_emb.shape:
+        raise ValueError(
+            "local_emb must have shape (N, D, R) matching global_emb (N, D) "
+            f"(got {tuple(global_emb.shape)} and {tuple(local_emb.shape)})"
+        )
+    return torch.cat([global_emb.unsqueeze(2), local_emb], dim=2)
+
+
+def unpack_embeddings(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``packed (N, D, R + 1)`` -> ``(global (N, D), local (N, D, R))``."""
+    return packed[:, :, GLOBAL_SLOT], packed[:, :, GLOBAL_SLOT + 1 :]
+
+
+def euclidean_from_cosine(cos: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of unit vectors from their cosine: ``sqrt(max(2 - 2 cos, MIN_SQUARED_DISTANCE))``."""
+    return torch.sqrt(torch.clamp(2.0 - 2.0 * cos, min=MIN_SQUARED_DISTANCE))
+
+
+def snr_matrix(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """PML's SNR distance ``var(x - y) / var(x)`` between every vector of ``query`` and of ``ref``, batched.
+
+    ``query (Nq, n, C)``, ``ref (Nr, m, C)`` (normalised vectors) -> ``(Nq, Nr, n, m)``.  With centred vectors
+    ``xc = x - mean(x)`` the ratio is ``|xc - yc|^2 / |xc|^2`` (the variance's 1/(C-1) cancels); the cross terms are
+    one matrix product over all vectors.
+    """
+    qc = query - query.mean(dim=-1, keepdim=True)
+    rc = ref - ref.mean(dim=-1, keepdim=True)
+    q_sq, r_sq = (qc * qc).sum(-1), (rc * rc).sum(-1)  # (Nq, n), (Nr, m)
+    cross = torch.einsum("qic,rjc->qrij", qc, rc)
+    diff_sq = q_sq[:, None, :, None] + r_sq[None, :, None, :] - 2.0 * cross
+    return torch.clamp(diff_sq, min=0.0) / torch.clamp(q_sq, min=MIN_VARIANCE)[:, None, :, None]
+
+
+def check_ot_options(options: dict | None) -> dict:
+    """Validate the ``ot`` dict (keys :data:`OT_KEYS`) and return a copy; values are checked by a tiny solve."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OT_KEYS))
+    if unknown:
+        raise ValueError(f"ot has no option {unknown[0]!r}; allowed: {list(OT_KEYS)}")
+    probe = torch.ones(1, 1, 1)
+    diml_ot.match(probe, probe[:, :, 0], probe, probe[:, :, 0], **options)  # raises ValueError naming a bad option
+    return options
+
+
+class _Structural(BaseDistance):
+    """Shared unpacking, shape checks and matching; subclasses turn a :class:`diml.ot.Matching` into a matrix."""
+
+    def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.ot_options = check_ot_options(ot_options)
+        self.include_global = include_global
+
+    def check_shapes(self, query_emb, ref_emb):
+        for name, emb in (("query_emb", query_emb), ("ref_emb", ref_emb)):
+            if emb is not None and (emb.ndim != 3 or emb.shape[2] < 2):
+                raise ValueError(
+                    f"{name} must be packed embeddings (N, D, R + 1) from diml.losses.pack_embeddings "
+                    f"(got shape {tuple(emb.shape)})"
+                )
+        if ref_emb is not None and ref_emb.shape[1:] != query_emb.shape[1:]:
+            raise ValueError(
+                f"ref_emb (N, D, R + 1) must match query_emb in D and R (got {tuple(ref_emb.shape)} "
+                f"and {tuple(query_emb.shape)})"
+            )
+
+    def compute_mat(self, query_emb, ref_emb):
+        """``query_emb (Nq, D, R + 1)``, ``ref_emb (Nr, D, R + 1)`` -> ``(Nq, Nr)``."""
+        q_global, q_local = unpack_embeddings(query_emb)
+        r_global, r_local = unpack_embeddings(ref_emb)
+        matching = diml_ot.match(q_local, q_global, r_local, r_global, **self.ot_options)
+        return self.combine(matching, q_global, q_local, r_global, r_local)
+
+    def pairwise_distance(self, query_emb, ref_emb):
+        """Aligned pairs ``(N, D, R + 1)`` x ``(N, D, R + 1)`` -> ``(N,)``: the diagonal of :meth:`compute_mat`.
+
+        This matches all ``N^2`` pairs; PML's pair losses use :meth:`compute_mat` and never call it.
+        """
+        return torch.diagonal(self.compute_mat(query_emb, ref_emb))
+
+    def combine(self, matching, q_global, q_local, r_global, r_local) -> torch.Tensor:
+        raise NotImplementedError  # abstract: defined by each concrete distance below
+
+
+def _unit(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """L2-normalise along the channel axis (dim 1) in ``dtype``."""
+    return F.normalize(x.to(dtype), dim=1)
+
+
+def _global_cosine(q_global: torch.Tensor, r_global: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(Nq, D)``, ``(Nr, D)`` -> cosine ``(Nq, Nr)`` in ``dtype``."""
+    return _unit(q_global, dtype) @ _unit(r_global, dtype).T
+
+
+class StructuralSimilarity(_Structural):
+    """Structural similarity ``sum_ij T_ij (S_ij + s_g) / 2`` (inverted: larger is more similar).
+
+    Args:
+        ot_options: keyword options of :func:`diml.ot.match` (``eps``, ``marginals``, ``max_iter``, ``tol``,
+            ``grad``).
+        include_global: ``False`` gives ``sum_ij T_ij S_ij``.
+    """
+
+    def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
+        super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=True, **kwargs)
+
+    def combine(self, matching, q_global, q_local, r_global, r_local):
+        plan, cell_sim = matching.plan, matching.cell_sim
+        if not self.include_global:
+            return torch.einsum("qrij,qrij->qr", plan, cell_sim)
+        s_global = _global_cosine(q_global, r_global, cell_sim.dtype)
+        return 0.5 * (torch.einsum("qrij,qrij->qr", plan, cell_sim) + s_global * plan.sum(dim=(2, 3)))
+
+
+class StructuralDistance(_Structural):
+    """Structural distance ``(sum_ij T_ij d_ij + d_g) / 2`` (not inverted).
+
+    Args:
+        ot_options: keyword options of :func:`diml.ot.match`.
+        include_global: ``False`` gives ``sum_ij T_ij d_ij``.
+        cell_distance: ``"euclidean"`` (``sqrt(2 - 2 cos)`` of normalised vectors; margin-DIML) or ``"snr"``
+            (PML's signal-to-noise-ratio distance of normalised vectors).
+    """
+
+    CELL_DISTANCES = ("euclidean", "snr")
+
+    def __init__(
+        self,
+        *,
+        ot_options: dict | None = None,
+        include_global: bool = True,
+        cell_distance: str = "euclidean",
+        **kwargs,
+    ):
+        if cell_distance not in self.CELL_DISTANCES:
+            raise ValueError(f"cell_distance must be one of {self.CELL_DISTANCES} (got {cell_distance!r})")
+        super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=False, **kwargs)
+        self.cell_distance = cell_distance
+
+    def combine(self, matching, q_global, q_local, r_global, r_local):
+        plan, cell_sim = matching.plan, matching.cell_sim
+        dtype = cell_sim.dtype
+        if self.cell_distance == "euclidean":
+            cells = euclidean_from_cosine(cell_sim)
+        else:  # cells as (N, R, C) vectors -> (Nq, Nr, R, R)
+            cells = snr_matrix(_unit(q_local, dtype).transpose(1, 2), _unit(r_local, dtype).transpose(1, 2))
+        structural = torch.einsum("qrij,qrij->qr", plan, cells)
+        if not self.include_global:
+            return structural
+        if self.cell_distance == "euclidean":
+            d_global = euclidean_from_cosine(_global_cosine(q_global, r_global, dtype))
+        else:
+            d_global = snr_matrix(_unit(q_global, dtype).unsqueeze(1), _unit(r_global, dtype).unsqueeze(1))[:, :, 0, 0]
+        return 0.5 * (structural + d_global)
