@@ -35,12 +35,12 @@ class Trial:
     index: int
     spec: RunSpec
     varying: dict[str, Any] = field(default_factory=dict)
+    short: str = ""
 
     @property
     def label(self) -> str:
-        if not self.varying:
-            return self.spec.name
-        return "_".join(_short(v) for v in self.varying.values())
+        """Compact name built from the grid values (paths left out), e.g. ``cub200_margin-0.6-distance_0``."""
+        return self.short or self.spec.name
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,13 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (dict, list)):
-        return "-".join(_short(v) for v in (value.values() if isinstance(value, dict) else value))
+        items = value.values() if isinstance(value, dict) else value
+        return "-".join(_short(v) for v in items if not _is_path(v))
     return str(value)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and ("/" in value or value.startswith("$"))
 
 
 # ----------------------------------------------------------------------------------------------------------- paths
@@ -223,7 +228,7 @@ def _unique(items: list[str]) -> list[str]:
 def _expand(base: dict[str, Any], plan: PlanSpec, source: str) -> list[Trial]:
     axes = list(plan.grid.items())
     points = []
-    for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
+    for values in _grid_values(axes):
         point = copy.deepcopy(base)
         for (path, _), value in zip(axes, values):
             set_path(point, path, value)
@@ -234,19 +239,23 @@ def _expand(base: dict[str, Any], plan: PlanSpec, source: str) -> list[Trial]:
         points.append(point)
     varying_paths = _varying_leaves(points)
     trials, problems = [], []
-    for index, point in enumerate(points):
-        varying = {p: _leaves(point).get(p) for p in varying_paths}
-        label = "_".join(_short(v) for v in varying.values())
+    for index, (point, values) in enumerate(zip(points, _grid_values(axes))):
+        varying = {p: v for p in varying_paths if not _is_path(v := _leaves(point).get(p))}
+        label = "_".join(_short(v) for v in values)
         try:
             spec = RunSpec.model_validate(point)
         except ValidationError as exc:
             prefix = f"trial {index} ({label}): " if len(points) > 1 else ""
             problems += [prefix + line for line in format_validation_error(exc, RunSpec)]
             continue
-        trials.append(Trial(index=index, spec=spec, varying=varying))
+        trials.append(Trial(index=index, spec=spec, varying=varying, short=label))
     if problems:
         raise SpecError(source, _collapse_trial_prefix(problems, len(points)))
     return trials
+
+
+def _grid_values(axes: list[tuple[str, list[Any]]]):
+    return itertools.product(*(v for _, v in axes)) if axes else [()]
 
 
 def _varying_leaves(points: list[dict[str, Any]]) -> list[str]:

@@ -108,11 +108,13 @@ def resource_problems(plan: Plan, resources: Resources, *, local: bool) -> list[
 
 def describe(plan: Plan, resources: Resources) -> str:
     """The dry-run report: one row per trial with its varying fields and needs, then the schedule."""
-    rows = [("#", "trial", *plan.trials[0].varying.keys(), "workers", "CPU", "GPU", "epochs")]
+    varying = list(plan.trials[0].varying)
+    epochs = [] if "epochs" in varying else ["epochs"]
+    rows = [("#", "trial", *varying, "workers", "CPU", "GPU", *epochs)]
     for t in plan.trials:
         need = Demand.of(t.spec)
-        rows.append((str(t.index), t.label, *(str(v) for v in t.varying.values()), str(need.workers),
-                     f"{need.cpus:g}", f"{need.gpus:g}", str(t.spec.epochs)))
+        rows.append((str(t.index), t.label, *("-" if v is None else str(v) for v in t.varying.values()),
+                     str(need.workers), f"{need.cpus:g}", f"{need.gpus:g}", *([str(t.spec.epochs)] if epochs else [])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

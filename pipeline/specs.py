@@ -10,11 +10,28 @@ Data crosses the Ray boundary as ``spec.model_dump(mode="json")`` and is re-vali
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DATASETS = ("synthetic", "cub200", "cars196", "sop", "folder")
+
+
+_ENV_REFERENCE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` from the environment, then ``~`` (dataset roots in shared specs)."""
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name) or default
+        if value is None:
+            raise ValueError(f"environment variable {name} is not set: export it or write ${{{name}:-/default}}")
+        return value
+
+    return os.path.expanduser(_ENV_REFERENCE.sub(substitute, text))
 
 
 class Strict(BaseModel):
@@ -42,6 +59,11 @@ class DataSpec(Strict):
     loader_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per Train worker")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
 
+    @field_validator("root", mode="before")
+    @classmethod
+    def _expand_root(cls, value: Any) -> Any:
+        return expand_env(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _root_exists(self) -> "DataSpec":
         if self.dataset == "synthetic":
@@ -51,8 +73,7 @@ class DataSpec(Strict):
                 f"data.root is required for dataset {self.dataset!r}: set it to the dataset folder "
                 "(see docs/DATASETS.md for where to obtain it)"
             )
-        root = os.path.expanduser(self.root)
-        if not os.path.isdir(root):
+        if not os.path.isdir(self.root):
             raise ValueError(
                 f"data.root {self.root!r} does not exist or is not a folder: point it at the {self.dataset} "
                 "dataset (see docs/DATASETS.md)"
@@ -219,6 +240,11 @@ class ResourcesSpec(Strict):
     max_failures: int = Field(1, ge=0, description="worker-group restarts of a trial from its last checkpoint")
     trial_max_failures: int = Field(0, ge=0, description="Tune-level retries of a whole trial")
     checkpoints_to_keep: int = Field(2, ge=1)
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _expand_storage(cls, value: Any) -> Any:
+        return expand_env(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> "ResourcesSpec":

@@ -208,21 +208,24 @@ def start_parent_run(uri: str, experiment_id: str, launch_id: str, name: str, ra
 
 
 def ensure_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
-                     spec_json: dict[str, Any], tags: dict[str, str]) -> str:
-    """The trial's child run: found by its Tune trial id (a restarted trial continues its run) or created."""
+                     spec_json: dict[str, Any], tags: dict[str, str]):
+    """The trial's child run, found by its Tune trial id (a restarted trial continues its run) or created.
+
+    Returns the run (``mlflow.entities.Run``) as it was found; an unfinished one is set RUNNING again.
+    """
     c = client(uri)
     runs = find_runs(uri, experiment_id,
                      f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'")
     if runs:
-        run_id = runs[0].info.run_id
-        c.update_run(run_id, status="RUNNING")
-        return run_id
+        if runs[0].info.status != "FINISHED":
+            c.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0]
     all_tags = {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, TAG_ROLE: "trial", "mlflow.runName": run_name,
                 **tags}
     run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
     log_params(uri, run.info.run_id, flatten(spec_json))
     c.log_text(run.info.run_id, _yaml_dump(spec_json), "spec.yaml")
-    return run.info.run_id
+    return c.get_run(run.info.run_id)
 
 
 def trial_tags(spec) -> dict[str, str]:

@@ -77,10 +77,15 @@ def run_trial(config: dict[str, Any]) -> None:
     uri = launch["tracking_uri"]
     run_id = None
     if uri:
-        run_id = tracking.ensure_child_run(
+        run = tracking.ensure_child_run(
             uri, launch["experiment_id"], launch["parent_run_id"], trial_id,
             run_name=f"{config['trial']['label']}", spec_json=spec_json,
             tags={**tracking.trial_tags(spec), "trial_index": str(config["trial"]["index"])})
+        run_id = run.info.run_id
+        if run.info.status == "FINISHED":  # finished before the launcher was killed: not re-run
+            ray.tune.report({k: v for k, v in run.data.metrics.items() if k.startswith("best/")}
+                            | {SELECTION_SCORE: run.data.metrics.get("best/selection_score", 0.0)})
+            return
     try:
         result = build_trainer(spec, spec_json, trial_id, run_id, launch).fit()
         outcome = result.return_value or {}

@@ -39,6 +39,16 @@ class Progress:
 
 
 @dataclass
+class Best:
+    """The best epoch's weights (every rank; checkpointed) and, when found in this process, the selection split's
+    embeddings at that epoch (rank 0, memory only), so the final test evaluation is not repeated needlessly."""
+
+    state: dict[str, dict[str, torch.Tensor]] | None = None
+    embeddings: Any = None
+    fresh: bool = False
+
+
+@dataclass
 class Context:
     spec: RunSpec
     rank: int
@@ -184,12 +194,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     ctx, splits, module, optimizer, scheduler = _setup(config)
     spec = ctx.spec
-    progress, best_state = Progress(), None
+    progress, best = Progress(), Best()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            progress, best_state = load_checkpoint(folder, module, optimizer, scheduler)
+            progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)
     logger = _RankZeroLogger(ctx)
+    if checkpoint is not None:
+        logger.tags({"restored_from_epoch": str(progress.next_epoch)})
     if progress.next_epoch == 0 and spec.evaluation.before_training:
         results, _ = evaluate_split(module, splits.test, ctx)
         if results is not None:
@@ -210,17 +222,17 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                    "train/epoch_seconds": stats.seconds,
                    "train/images_per_second": stats.images_per_second * ctx.world_size}
         if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
-            best_state = _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best_state)
+            _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
         progress.next_epoch = epoch + 1
         metrics["selection_score"] = progress.last_score
         logger.metrics(metrics, epoch)
-        _report(metrics, ctx, module, optimizer, scheduler, progress, best_state)
-    return _finish(module, splits, ctx, progress, best_state, logger)
+        _report(metrics, ctx, module, optimizer, scheduler, progress, best.state)
+    return _finish(module, splits, ctx, progress, best, logger)
 
 
-def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progress, metrics, best_state):
+def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progress, metrics, best: Best) -> None:
     start = time.perf_counter()
-    results, _ = evaluate_split(module, dataset, ctx)
+    results, embeddings = evaluate_split(module, dataset, ctx)
     split = ctx.spec.selection_split
     if ctx.rank == 0:
         metrics.update(tracking.evaluation_metrics(split, results))
@@ -233,8 +245,7 @@ def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progres
     if score > progress.best_score:
         progress.best_score, progress.best_epoch = score, epoch
         progress.best_metrics = {k: v for k, v in metrics.items() if k.startswith(f"{split}/")}
-        best_state = _snapshot(module)
-    return best_state
+        best.state, best.embeddings, best.fresh = _snapshot(module), embeddings, True
 
 
 def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_state) -> None:
@@ -248,19 +259,19 @@ def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _finish(module, splits, ctx: Context, progress: Progress, best_state, logger) -> dict[str, Any]:
-    """Evaluate the best weights on the test split and log the final metrics and artifacts."""
+def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger) -> dict[str, Any]:
+    """Evaluate the best weights on the test split (unless the best epoch was already scored on test in this
+    process) and log the final metrics and artifacts."""
     import ray.train
 
-    if best_state is not None:
+    if best.state is not None:
         unwrapped = _unwrap(module)
-        unwrapped.model.load_state_dict(best_state["model"])
-        unwrapped.loss.load_state_dict(best_state["loss"])
-    evaluation = ctx.spec.evaluation
-    test_embeddings = None
-    if ctx.spec.selection_split == "test" and not (evaluation.save_embeddings or evaluation.explanations):
+        unwrapped.model.load_state_dict(best.state["model"])
+        unwrapped.loss.load_state_dict(best.state["loss"])
+    if ctx.spec.selection_split == "test" and best.fresh:
         final = {k.replace("test/", "best/test/", 1): v for k, v in progress.best_metrics.items()
                  if not k.endswith("eval_seconds")}
+        test_embeddings = best.embeddings
     else:
         test_results, test_embeddings = evaluate_split(module, splits.test, ctx)
         final = {} if ctx.rank else {k.replace("test/", "best/test/", 1): v
@@ -287,6 +298,10 @@ class _RankZeroLogger:
             tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"ray_node_id": ray.get_runtime_context().get_node_id(),
                                                              "hostname": socket.gethostname(),
                                                              "workers": str(ctx.world_size)})
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            tracking.set_tags(self.ctx.tracking_uri, self.ctx.run_id, tags)
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.active:

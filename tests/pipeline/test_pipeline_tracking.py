@@ -50,9 +50,11 @@ def test_parent_and_child_runs_in_a_local_store(tmp_path):
     parent = tracking.start_parent_run(uri, exp, "launch-1", "unit", {"name": "unit", "seed": 0}, resume=False)
     assert tracking.start_parent_run(uri, exp, "launch-1", "unit", {}, resume=True) == parent
     child = tracking.ensure_child_run(uri, exp, parent, "trial_0001", "a", {"seed": 0, "loss": {"name": "m"}},
-                                      {"loss": "m"})
-    assert tracking.ensure_child_run(uri, exp, parent, "trial_0001", "a", {}, {}) == child  # restart: same run
-    other = tracking.ensure_child_run(uri, exp, parent, "trial_0002", "b", {"seed": 1}, {})
+                                      {"loss": "m"}).info.run_id
+    tracking.end_run(uri, child, "KILLED")
+    again = tracking.ensure_child_run(uri, exp, parent, "trial_0001", "a", {}, {})  # restart: same run, reopened
+    assert again.info.run_id == child and tracking.client(uri).get_run(child).info.status == "RUNNING"
+    other = tracking.ensure_child_run(uri, exp, parent, "trial_0002", "b", {"seed": 1}, {}).info.run_id
     assert other != child
     tracking.log_metrics(uri, child, {"test/global/R_at_1": 12.5, "train/loss": math.pi}, step=3)
     run = tracking.client(uri).get_run(child)
