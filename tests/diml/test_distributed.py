@@ -1,0 +1,113 @@
+"""gather_embeddings with 2 gloo processes on CPU against one process on the concatenated batch: the same loss
+value on every rank and the same gradients (embeddings, and a DDP model's parameters with loss * world_size)."""
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from diml import distributed
+from diml.losses import build_loss
+
+N, DIM, CELLS, CLASSES = 8, 6, 4, 4
+LABELS = [0, 0, 1, 1, 2, 2, 3, 0]
+SLICES = [(0, 5), (5, 8)]  # unequal per-rank batches
+CASES = {
+    "margin, distance miner": dict(name="margin", params={"beta": 0.875}, miner="distance"),
+    "multi-similarity": dict(name="multisimilarity", params=None),
+    "margin-DIML, semihard miner": dict(name="margin", params={"beta": 0.875}, miner="semihard", similarity="diml"),
+}
+
+
+def full_batch():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, DIM, generator=gen, dtype=torch.float64)
+    local = torch.randn(N, DIM, CELLS, generator=gen, dtype=torch.float64)
+    return x, local, torch.tensor(LABELS)
+
+
+def make_loss(case):
+    case = dict(case)
+    return build_loss(case.pop("name"), case.pop("params"), num_classes=CLASSES, embed_dim=DIM, **case).double()
+
+
+def run_cases(lo, hi, gather):
+    """Every case on rows lo:hi (gathered when ``gather``): loss values and gradients of the rows' inputs."""
+    x, local, labels = full_batch()
+    out = {}
+    for key, case in CASES.items():
+        g, l = x[lo:hi].clone().requires_grad_(True), local[lo:hi].clone().requires_grad_(True)
+        g_all, l_all, y_all = distributed.gather_embeddings(g, l, labels[lo:hi]) if gather else (g, l, labels)
+        value = make_loss(case)(g_all, l_all, y_all)
+        value.backward()
+        out[key] = (value.item(), g.grad, l.grad)
+    model = torch.nn.Linear(DIM, DIM).double()
+    torch.nn.init.eye_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    if gather:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    emb = model(x[lo:hi])
+    g_all, _, y_all = distributed.gather_embeddings(emb, None, labels[lo:hi]) if gather else (emb, None, labels)
+    (make_loss(CASES["margin, distance miner"])(g_all, None, y_all) * distributed.world_size()).backward()
+    out["ddp parameters"] = [p.grad for p in model.parameters()]
+    return out
+
+
+def worker(rank, port, folder):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        out = run_cases(*SLICES[rank], gather=True)
+        out["roles"] = (distributed.rank(), distributed.world_size(), distributed.is_main_process())
+        torch.save(out, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(free_port(), str(folder)), nprocs=2, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_every_rank_sees_the_loss_of_the_concatenated_batch(two_ranks):
+    single = run_cases(0, N, gather=False)
+    for key in CASES:
+        assert single[key][0] > 0
+        for rank_out in two_ranks:
+            assert rank_out[key][0] == pytest.approx(single[key][0], rel=1e-12), key
+
+
+def test_each_rank_gets_the_gradient_of_its_own_slice(two_ranks):
+    single = run_cases(0, N, gather=False)
+    for key in CASES:
+        for (lo, hi), rank_out in zip(SLICES, two_ranks):
+            torch.testing.assert_close(rank_out[key][1], single[key][1][lo:hi], rtol=1e-10, atol=1e-12)
+            if CASES[key].get("similarity") == "diml":
+                torch.testing.assert_close(rank_out[key][2], single[key][2][lo:hi], rtol=1e-10, atol=1e-12)
+            else:  # the global loss never touches the cells
+                assert rank_out[key][2] is None and single[key][2] is None
+        assert single[key][1].abs().sum() > 0
+
+
+def test_ddp_with_loss_times_world_size_matches_one_process(two_ranks):
+    single = run_cases(0, N, gather=False)["ddp parameters"]
+    for rank_out in two_ranks:
+        for got, expected in zip(rank_out["ddp parameters"], single):
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert [r["roles"] for r in two_ranks] == [(0, 2, True), (1, 2, False)]
+
+
+def test_gather_is_a_no_op_without_a_process_group():
+    g, local, labels = full_batch()
+    assert all(a is b for a, b in zip(distributed.gather_embeddings(g, local, labels), (g, local, labels)))
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
