@@ -1,0 +1,186 @@
+r"""DIML structural matching between images (Zhao et al., ICCV 2021, Sec. 3.2, eqs. 3-6).
+
+An image is a grid of ``R`` cell embeddings ``local (C, R)`` plus a global embedding ``global (C,)``.  For a query
+``q`` and a reference ``r`` (all vectors L2-normalised here, the model does not normalise them):
+
+.. math::
+    S_{ij} = \langle \hat q_i, \hat r_j\rangle, \qquad C_{ij} = 1 - S_{ij}, \qquad K_{ij} = e^{-C_{ij}/\varepsilon},
+
+    a_i = \frac{\mathrm{relu}(\langle \hat g_r, \hat q_i\rangle)}{\sum_k \mathrm{relu}(\langle \hat g_r, \hat q_k\rangle)},
+    \qquad
+    b_j = \frac{\mathrm{relu}(\langle \hat g_q, \hat r_j\rangle)}{\sum_k \mathrm{relu}(\langle \hat g_q, \hat r_k\rangle)},
+
+    T = \arg\min_{T\mathbf 1 = a,\ T^\top\mathbf 1 = b} \langle T, C\rangle - \varepsilon H(T), \qquad
+    \mathrm{sim}(q, r) = \sum_{ij} T_{ij} S_{ij}.
+
+Rows are query cells, columns reference cells; the query cells' marginal is the attention of the *reference* global
+vector on them (cross-attention) and vice versa.  This is the orientation of the authors' evaluation code
+(``utilities/diml.py: calc_similarity``, which builds the transposed matrix with the transposed marginals: the same
+problem).  The authors' *training* losses (``criteria/margin_diml.py``, ``multisimilarity_diml.py``) pass the two
+marginals transposed (``u`` is the attention of the anchor's global on the *other* image's cells, used as the
+anchor-cell marginal), acknowledged upstream as a bug; we use the evaluation orientation everywhere.
+``marginals="uniform"`` uses ``a = b = 1/R``.  An all-zero attention (relu kills every cell) falls back to uniform
+(the authors divide by ``sum + 1e-5`` and get an all-zero marginal, for which Sinkhorn returns NaN).
+
+Gradients: with ``grad="plan_constant"`` (default, as the paper) ``T`` is a constant and gradients flow through
+``S`` only (``d sim = sum_ij T_ij dS_ij``); ``grad="autodiff"`` differentiates through the marginals and every solver
+iteration as well.  Half-precision inputs are computed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from diml.ot import _options
+from diml.ot.sinkhorn import sinkhorn
+
+
+class Matching(NamedTuple):
+    """Structural matching of query/reference pairs; ``P`` is ``(Nq, Nr)`` (all pairs) or ``(Nq, K)`` (candidates).
+
+    Attributes:
+        plan: ``(*P, R, R)`` transport plans (rows: query cells, columns: reference cells).
+        cell_sim: ``(*P, R, R)`` cosine of query cell ``i`` and reference cell ``j``.
+        a: ``(*P, R)`` query-cell marginal; ``b``: ``(*P, R)`` reference-cell marginal.
+        similarity: ``(*P)`` ``sum(plan * cell_sim)``.
+        iterations: largest Sinkhorn iteration count used; ``converged``: ``(*P)`` bool.
+        marginal_error: ``(*P)`` ``|T 1 - a|_1 + |T^T 1 - b|_1``.
+    """
+
+    plan: torch.Tensor
+    cell_sim: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    similarity: torch.Tensor
+    iterations: int
+    converged: torch.Tensor
+    marginal_error: torch.Tensor
+
+
+_SOLVER_DEFAULTS = dict(eps=0.05, max_iter=100, tol=1e-6, newton_steps=30, check_every=10, grad="plan_constant")
+
+
+def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
+    """Validate shapes and return L2-normalised ``(q_local, q_global, r_local, r_global)`` in the working dtype."""
+    _options.check_tensor("q_local", q_local, 3, "(Nq, C, R)")
+    _options.check_tensor("q_global", q_global, 2, "(Nq, C)")
+    nq, c, r = q_local.shape
+    if candidates:
+        _options.check_tensor("c_local", r_local, 4, "(Nq, K, C, R)")
+        _options.check_tensor("c_global", r_global, 3, "(Nq, K, C)")
+        want_local, want_global = (nq, r_local.shape[1], c, r), (nq, r_local.shape[1], c)
+        names = ("c_local", "c_global", "(Nq, K, C, R)", "(Nq, K, C)")
+    else:
+        _options.check_tensor("r_local", r_local, 3, "(Nr, C, R)")
+        _options.check_tensor("r_global", r_global, 2, "(Nr, C)")
+        want_local, want_global = (r_local.shape[0], c, r), (r_local.shape[0], c)
+        names = ("r_local", "r_global", "(Nr, C, R)", "(Nr, C)")
+    if tuple(q_global.shape) != (nq, c):
+        raise ValueError(f"q_global must have shape (Nq, C) = {(nq, c)} to match q_local (got {tuple(q_global.shape)})")
+    if tuple(r_local.shape) != want_local:
+        raise ValueError(f"{names[0]} must have shape {names[2]} = {want_local} (C and R as in q_local), "
+                         f"got {tuple(r_local.shape)}")
+    if tuple(r_global.shape) != want_global:
+        raise ValueError(f"{names[1]} must have shape {names[3]} = {want_global}, got {tuple(r_global.shape)}")
+    dtype = _options.working_dtype(q_local, q_global, r_local, r_global)
+    cell_dim = r_local.ndim - 2
+    return (F.normalize(q_local.to(dtype), dim=1), F.normalize(q_global.to(dtype), dim=1),
+            F.normalize(r_local.to(dtype), dim=cell_dim), F.normalize(r_global.to(dtype), dim=-1))
+
+
+def _normalise_attention(att: torch.Tensor) -> torch.Tensor:
+    """``relu`` attention ``(..., R)`` -> marginal summing to 1; all-zero rows become uniform."""
+    att = att.clamp_min(0)
+    total = att.sum(-1, keepdim=True)
+    positive = total > 0
+    uniform = torch.full_like(att, 1.0 / att.shape[-1])
+    return torch.where(positive, att / torch.where(positive, total, torch.ones_like(total)), uniform)
+
+
+def pair_terms_all(qn, qg, rn, rg, marginals: str):
+    """Cell similarities and marginals for all pairs (one large matrix product each).
+
+    Args: normalised ``qn (Nq, C, R)``, ``qg (Nq, C)``, ``rn (Nr, C, R)``, ``rg (Nr, C)``.
+    Returns ``cell_sim (Nq, Nr, R, R)``, ``a (Nq, Nr, R)``, ``b (Nq, Nr, R)``.
+    """
+    nq, c, r = qn.shape
+    nr = rn.shape[0]
+    q_cells = qn.transpose(1, 2).reshape(nq * r, c)
+    r_cells = rn.transpose(1, 2).reshape(nr * r, c)
+    cell_sim = (q_cells @ r_cells.T).view(nq, r, nr, r).transpose(1, 2)
+    if marginals == "uniform":
+        a = torch.full((nq, nr, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
+        return cell_sim, a, a.clone()
+    a = _normalise_attention((q_cells @ rg.T).view(nq, r, nr).transpose(1, 2))  # g_ref . q_cell_i
+    b = _normalise_attention((qg @ r_cells.T).view(nq, nr, r))  # g_query . r_cell_j
+    return cell_sim, a, b
+
+
+def pair_terms_candidates(qn, qg, cn, cg, marginals: str):
+    """Like :func:`pair_terms_all` for per-query candidates ``cn (Nq, K, C, R)``, ``cg (Nq, K, C)``.
+
+    Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
+    """
+    nq, k, c, r = cn.shape
+    c_cells = cn.transpose(2, 3).reshape(nq, k * r, c)
+    cell_sim = (c_cells @ qn).view(nq, k, r, r).transpose(2, 3)  # [p, k, i, j] = q_i . c_j
+    if marginals == "uniform":
+        a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
+        return cell_sim, a, a.clone()
+    a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
+    b = _normalise_attention((c_cells @ qg.unsqueeze(2)).view(nq, k, r))  # g_query . c_cell_j
+    return cell_sim, a, b
+
+
+def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:
+    """Solve the OT problems of ``cell_sim (*P, R, R)`` with marginals ``a, b (*P, R)`` and assemble a Matching."""
+    batch_shape = cell_sim.shape[:-2]
+    r = cell_sim.shape[-1]
+    flat = cell_sim.reshape(-1, r, r)
+    res = sinkhorn(1.0 - flat, a.reshape(-1, r), b.reshape(-1, r), eps=eps, max_iter=max_iter, tol=tol,
+                   newton_steps=newton_steps, check_every=check_every, grad=grad)
+    plan = res.plan.view(*batch_shape, r, r)
+    similarity = (plan * cell_sim).sum((-1, -2))
+    return Matching(plan, cell_sim, a, b, similarity, res.iterations, res.converged.view(batch_shape),
+                    res.marginal_error.view(batch_shape))
+
+
+def match(q_local, q_global, r_local, r_global, *, eps=0.05, marginals="cross_attention", max_iter=100, tol=1e-6,
+          newton_steps=30, check_every=10, grad="plan_constant") -> Matching:
+    """Structural matching of every query with every reference (all ``Nq x Nr`` pairs at once, no chunking).
+
+    Args:
+        q_local: ``(Nq, C, R)`` query cell embeddings; ``q_global``: ``(Nq, C)``.
+        r_local: ``(Nr, C, R)`` reference cell embeddings; ``r_global``: ``(Nr, C)``.  Nothing needs normalising.
+        eps, max_iter, tol, newton_steps, check_every, grad: see :func:`diml.ot.sinkhorn`.
+        marginals: ``"cross_attention"`` (paper) or ``"uniform"``.
+
+    Returns: :class:`Matching` with ``(Nq, Nr, ...)`` fields.  Memory is ``O(Nq Nr R^2)``; for similarities only
+    use :func:`structural_similarity`, which chunks.
+    """
+    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
+    cell_sim, a, b = pair_terms_all(qn, qg, rn, rg, marginals)
+    return solve_pairs(cell_sim, a, b, **opts)
+
+
+def match_candidates(q_local, q_global, c_local, c_global, *, eps=0.05, marginals="cross_attention", max_iter=100,
+                     tol=1e-6, newton_steps=30, check_every=10, grad="plan_constant") -> Matching:
+    """Like :func:`match` for per-query candidates ``c_local (Nq, K, C, R)``, ``c_global (Nq, K, C)``.
+
+    Returns: :class:`Matching` with ``(Nq, K, ...)`` fields.
+    """
+    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True)
+    cell_sim, a, b = pair_terms_candidates(qn, qg, cn, cg, marginals)
+    return solve_pairs(cell_sim, a, b, **opts)
+
+
+def _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad) -> dict:
+    _options.check_solver_options(eps=eps, max_iter=max_iter, tol=tol, grad=grad, newton_steps=newton_steps,
+                                  check_every=check_every)
+    _options.check_marginals(marginals)
+    return dict(eps=eps, max_iter=max_iter, tol=tol, newton_steps=newton_steps, check_every=check_every, grad=grad)
