@@ -203,22 +203,25 @@ def test_every_gpu_of_every_node_type_can_host_a_full_grid_worker(path, dataset_
                 f"{name}: {res['CPU']} CPUs cannot feed {workers:g} workers of {cpus_per_worker} CPUs: GPUs idle")
 
 
-def test_launch_command_dry_runs_for_the_largest_aws_cluster(dataset_roots):
+def test_launch_command_dry_runs_for_the_largest_aws_cluster(dataset_roots, capsys):
     """The exact entrypoint of the launch command, in the environment the head gives it, passes the launcher's
     checks; at the cluster's full size every GPU runs a trial at once."""
+    from pipeline.launch import main
+
     config = rendered(CLUSTERS / "aws-gpu.yaml")
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
     cpus = sum(t["resources"]["CPU"] * t["max_workers"] for t in workers) + \
         config["available_node_types"][config["head_node_type"]]["resources"]["CPU"]
     gpus = sum(t["resources"]["GPU"] * t["max_workers"] for t in workers)
     _, entry = launch_argv(CLUSTERS / "aws-gpu.yaml")
-    out = subprocess.run([sys.executable, *entry[1:], "--dry-run", f"--assume-resources=CPU={cpus},GPU={gpus}"],
-                         cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    trials = int(re.search(r"^trials: (\d+)", out.stdout, re.M).group(1))
-    at_once = int(re.search(r"at most (\d+) trial", out.stdout).group(1))
+    assert entry[:3] == ["python", "-m", "pipeline.launch"]
+    code = main([*entry[3:], "--dry-run", f"--assume-resources=CPU={cpus},GPU={gpus}"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    trials = int(re.search(r"^trials: (\d+)", out.out, re.M).group(1))
+    at_once = int(re.search(r"at most (\d+) trial", out.out).group(1))
     _, gpus_per_worker, _ = full_grid_worker_demand()
-    assert at_once == min(trials, int(gpus // gpus_per_worker)), out.stdout[-600:]
+    assert at_once == min(trials, int(gpus // gpus_per_worker)), out.out[-600:]
 
 
 # --------------------------------------------------------------------------------------------------- rendering
@@ -445,3 +448,16 @@ def test_check_cli_accepts_every_config_and_rejects_a_broken_one(tmp_path):
     failed = subprocess.run([sys.executable, str(CLUSTERS / "clusterconf.py"), "check", str(broken)],
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and "min_workers" in failed.stderr
+
+
+def test_aws_passrole_policy_lets_the_head_launch_workers_with_their_instance_profile():
+    # Ray creates instance profile and role both named ray-autoscaler-v1 for the head (S3 + EC2 access); workers
+    # use that profile to write checkpoints to S3, and launching them needs iam:PassRole on the role.
+    policy = json.loads((CLUSTERS / "aws-worker-passrole.json").read_text())
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "iam:PassRole"
+    config = rendered(CLUSTERS / "aws-gpu.yaml")
+    profiles = {t["node_config"]["IamInstanceProfile"]["Name"] for n, t in config["available_node_types"].items()
+                if n != config["head_node_type"]}
+    assert profiles == {"ray-autoscaler-v1"}
+    assert statement["Resource"].endswith(":role/ray-autoscaler-v1")
