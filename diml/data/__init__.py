@@ -5,7 +5,9 @@ and has ``labels`` (np.int64, contiguous within the split), ``num_classes``, ``c
 ``image_id(i)``. ``ClassBalancedBatchSampler`` draws P classes x M images per batch, disjoint across DDP ranks.
 """
 
+from diml.data import formats as _formats  # noqa: F401  (registers cub200, cars196, sop, folder)
 from diml.data.base import SplitDataset, Splits
+from diml.data.files import BadImageError, ImageFileDataset
 from diml.data.sampler import ClassBalancedBatchSampler
 from diml.data.splits import build_splits, list_datasets, register_dataset
 from diml.data.synthetic import SyntheticDataset, SyntheticParts
@@ -14,7 +16,9 @@ from diml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, tr
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BadImageError",
     "ClassBalancedBatchSampler",
+    "ImageFileDataset",
     "SplitDataset",
     "Splits",
     "SyntheticDataset",

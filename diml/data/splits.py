@@ -57,8 +57,11 @@ def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 
 
 
 def _synthetic(root, *, image_size, seed, train_transform, eval_transform, skip_bad_images, **options):
-    from diml.data.synthetic import synthetic_splits
+    from diml.data.synthetic import SYNTHETIC_OPTIONS, synthetic_splits
 
+    unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for dataset 'synthetic'; allowed: {list(SYNTHETIC_OPTIONS)}")
     if root is not None:
         raise ValueError("the synthetic dataset is generated on the fly: leave root unset (null)")
     return synthetic_splits(image_size=image_size, seed=seed, train_transform=train_transform,

@@ -170,6 +170,9 @@ class SyntheticDataset(SplitDataset):
         return f"synthetic/seed{self.generator.seed}/class_{class_id:03d}/{i:04d}"
 
 
+SYNTHETIC_OPTIONS = ("num_classes", "images_per_class", "parts_per_class", "distractors")
+
+
 def synthetic_splits(*, image_size: int, seed: int, train_transform, eval_transform, num_classes: int = 48,
                      images_per_class: int = 24, parts_per_class: int = 3,
                      distractors: tuple[int, int] = (1, 3)) -> tuple[SyntheticDataset, SyntheticDataset]:
