@@ -64,6 +64,7 @@ class TwoNodeCluster:
     worker: NodeProcess
     worker_resource: str
     startup_seconds: float = 0.0
+    node_ids: dict[str, str] = dataclasses.field(default_factory=dict)  # {"head": id, "node2": id}
 
     def driver_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
@@ -289,6 +290,9 @@ def two_node_cluster(*, head_cpus: int = 2, worker_cpus: int = 2,
             raise RuntimeError(f"two-node cluster not up after {start_timeout:.0f}s "
                                f"(alive nodes: {nodes})\n" + cluster.logs())
         cluster.startup_seconds = time.monotonic() - t0
+        for node in nodes:
+            name = "head" if "node:__internal_head__" in node["resources"] else worker.name
+            cluster.node_ids[name] = node["id"]
         yield cluster
     finally:
         for node in reversed(started):  # the joining node first, then the head
