@@ -251,7 +251,9 @@ def _expand(base: dict[str, Any], plan: PlanSpec, source: str) -> list[Trial]:
         trials.append(Trial(index=index, spec=spec, varying=varying, short=label))
     if problems:
         raise SpecError(source, _collapse_trial_prefix(problems, len(points)))
-    return trials
+    labels = [t.label for t in trials]
+    return [t if labels.count(t.label) == 1 else Trial(t.index, t.spec, t.varying, f"{t.label}-{t.index}")
+            for t in trials]
 
 
 def _grid_values(axes: list[tuple[str, list[Any]]]):

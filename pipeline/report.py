@@ -59,6 +59,10 @@ def _pm(row, key: str, signed: bool = False) -> str:
     return text if not std or math.isnan(std) else f"{text} ± {std:.2f}"
 
 
+def _is_ranking(name: str) -> bool:
+    return name == "global" or name.startswith("diml_K")
+
+
 def _trial_records(runs) -> list[dict]:
     records = []
     for run in runs:
@@ -84,7 +88,7 @@ def build_report(runs) -> Report:
     if not records:
         raise ValueError("no finished trial runs to report: run a grid first (python -m pipeline.launch SPEC)")
     frame = pd.DataFrame(records)
-    rankings = sorted({c.split("/")[0] for c in frame.columns if "/" in c},
+    rankings = sorted({c.split("/")[0] for c in frame.columns if "/" in c and _is_ranking(c.split("/")[0])},
                       key=lambda n: int(n.removeprefix("diml_K")) if n.startswith("diml_K") else -1)
     for ranking in rankings[1:]:
         frame[f"{ranking}/gain R_at_1"] = frame[f"{ranking}/R_at_1"] - frame["global/R_at_1"]

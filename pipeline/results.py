@@ -57,7 +57,7 @@ def _fmt(value: float) -> str:
 
 def _rankings(rows: list[TrialRow]) -> list[str]:
     names = {key.split("/")[2] for row in rows for key in row.metrics if key.startswith("best/test/")
-             and key.count("/") == 3}
+             and key.count("/") == 3 and (key.split("/")[2] == "global" or key.split("/")[2].startswith("diml_K"))}
     depth = lambda n: int(n.removeprefix("diml_K")) if n.startswith("diml_K") else -1  # noqa: E731
     return sorted(names, key=depth)
 

@@ -8,6 +8,7 @@ re-run, interrupted ones continue from their last checkpoint) and keeps logging 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import time
@@ -20,6 +21,7 @@ from pipeline.grid import Plan
 from pipeline.results import ResultsTable, collect_results
 from pipeline.trial import SELECTION_SCORE, run_trial
 
+LOCAL_OBJECT_STORE = 1024**3  # checkpoints go to storage, not the object store
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -92,17 +94,18 @@ def _start_ray(plan: Plan, address: str | None, num_cpus: float | None) -> bool:
         ray.init(address=address, runtime_env=env, logging_level="WARNING")
         return True
     resources = planning.local_resources()
-    cpus = num_cpus or planning.schedulable_cpus(plan, resources)
+    cpus = math.ceil(num_cpus or planning.schedulable_cpus(plan, resources))
     ray.init(address="local", num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
-             runtime_env=env, logging_level="WARNING")
+             runtime_env=env, logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
     return True
 
 
 def _param_space(plan: Plan, launch: dict[str, Any]) -> dict[str, Any]:
+    """Tune's config per trial: its label (a grid search over labels) and the sampled search values; the specs
+    themselves travel once through the object store (:func:`_trainable`)."""
     from ray import tune
 
-    trials = [{"spec": t.spec.model_dump(mode="json"), "label": t.label, "index": t.index} for t in plan.trials]
-    space: dict[str, Any] = {"trial": tune.grid_search(trials), "launch": launch}
+    space: dict[str, Any] = {"trial": tune.grid_search([t.label for t in plan.trials])}
     if plan.plan.search:
         for path, dim in plan.plan.search.space.items():
             key = path.replace(".", "__")
@@ -119,11 +122,24 @@ def _param_space(plan: Plan, launch: dict[str, Any]) -> dict[str, Any]:
     return space
 
 
+def _trainable(plan: Plan, launch: dict[str, Any]):
+    """``run_trial`` with every trial's spec and the launch's tracking/storage settings bound to it."""
+    from ray import tune
+
+    payloads = {t.label: {"spec": t.spec.model_dump(mode="json"), "index": t.index} for t in plan.trials}
+    bound = tune.with_parameters(run_trial, trials=payloads, launch=launch)
+    return tune.with_resources(bound, {"cpu": plan.trials[0].spec.resources.trial_cpus})
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.trial_id}-{trial.config['trial']}"[:120]
+
+
 def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resources: planning.Resources):
     from ray import tune
 
     spec = plan.trials[0].spec
-    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.trial_cpus})
+    trainable = _trainable(plan, launch)
     scheduler = None
     search = plan.plan.search
     if search and search.scheduler.name == "asha":
@@ -134,7 +150,8 @@ def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resource
         trainable,
         param_space=_param_space(plan, launch),
         tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
-                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources))),
+                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources)),
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=spec.resources.trial_max_failures)),
     )
@@ -166,12 +183,12 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
         resources = planning.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
         path = f"{storage.rstrip('/')}/{name}"
         if pointer and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=tune.with_resources(run_trial, {"cpu": spec.resources.trial_cpus}),
-                                       resume_unfinished=True, resume_errored=True, restart_errored=False)
+            tuner = tune.Tuner.restore(path, trainable=_trainable(plan, info), resume_unfinished=True,
+                                       resume_errored=True, restart_errored=False)
         else:
             tuner = _tuner(plan, info, name, storage, resources)
         grid = tuner.fit()
-        errors = {r.config["trial"]["label"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
+        errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}
     finally:
         if started_ray:

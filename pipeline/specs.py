@@ -289,6 +289,7 @@ class RunSpec(Strict):
                 f"{self.batch.images_per_class}: choose a multiple of "
                 f"{self.resources.workers_per_trial * self.batch.images_per_class}"
             )
+        _check_loss_builds(self)
         if self.evaluation.selection_split == "val" and self.data.val_fraction == 0:
             raise ValueError("evaluation.selection_split is 'val' but data.val_fraction is 0: set data.val_fraction")
         return self
@@ -298,6 +299,20 @@ class RunSpec(Strict):
         if self.evaluation.selection_split != "auto":
             return self.evaluation.selection_split
         return "val" if self.data.val_fraction > 0 else "test"
+
+
+def _check_loss_builds(spec: "RunSpec") -> None:
+    """Build the loss once on a toy problem, so bad hyperparameters, miners or OT options fail at validation."""
+    from diml.losses import build_loss
+
+    loss = spec.loss
+    try:
+        build_loss(loss.name, dict(loss.params), similarity=loss.similarity, num_classes=2,
+                   embed_dim=spec.model.embed_dim, miner=loss.miner, miner_params=dict(loss.miner_params),
+                   ot={"eps": loss.ot.eps, "marginals": loss.ot.marginals, "max_iter": loss.ot.max_iter,
+                       "tol": loss.ot.tol})
+    except ValueError as exc:
+        raise ValueError(f"loss ({loss.name}, similarity {loss.similarity}): {exc}") from None
 
 
 class SearchDim(Strict):

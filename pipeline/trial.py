@@ -64,14 +64,16 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
     )
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: ``trial`` (spec JSON, label), ``launch`` (tracking, storage), and the
-    sampled search values (keys are dotted paths with ``__`` for ``.``)."""
+def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch: dict[str, Any]) -> None:
+    """Tune function trainable (bound with ``tune.with_parameters``). ``config``: ``trial`` (the grid point's
+    label) and the sampled search values (keys are dotted paths with ``__`` for ``.``); ``trials``: label ->
+    spec JSON and index; ``launch``: tracking URI, experiment, parent run and storage of this launch."""
     import ray.tune
 
-    launch = config["launch"]
-    sampled = {k: v for k, v in config.items() if k not in ("trial", "launch")}
-    spec_json = apply_search(config["trial"]["spec"], _decode_search(sampled))
+    label = config["trial"]
+    payload = trials[label]
+    sampled = {k: v for k, v in config.items() if k != "trial"}
+    spec_json = apply_search(payload["spec"], _decode_search(sampled))
     spec = RunSpec.model_validate(spec_json)
     trial_id = ray.tune.get_context().get_trial_id()
     uri = launch["tracking_uri"]
@@ -79,8 +81,8 @@ def run_trial(config: dict[str, Any]) -> None:
     if uri:
         run = tracking.ensure_child_run(
             uri, launch["experiment_id"], launch["parent_run_id"], trial_id,
-            run_name=f"{config['trial']['label']}", spec_json=spec_json,
-            tags={**tracking.trial_tags(spec), "trial_index": str(config["trial"]["index"])})
+            run_name=label + "".join(f"_{v}" for v in sampled.values()), spec_json=spec_json,
+            tags={**tracking.trial_tags(spec), "trial_index": str(payload["index"])})
         run_id = run.info.run_id
         if run.info.status == "FINISHED":  # finished before the launcher was killed: not re-run
             ray.tune.report({k: v for k, v in run.data.metrics.items() if k.startswith("best/")}
@@ -92,7 +94,7 @@ def run_trial(config: dict[str, Any]) -> None:
         if result.error is not None:
             raise result.error
         if outcome.get("status") == "failed":
-            raise TrialFailed(f"trial {config['trial']['label']} failed in epoch {outcome.get('epoch')}: "
+            raise TrialFailed(f"trial {label} failed in epoch {outcome.get('epoch')}: "
                               f"{outcome.get('error')}")
     except BaseException as exc:
         if run_id:

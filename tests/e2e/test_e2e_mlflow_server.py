@@ -1,0 +1,162 @@
+"""A real ``mlflow server`` over the tiny grid's store: REST API, a launch that logs through the server, the
+paper-style report, and the UI rendered in headless Chromium."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, TINY_SPEC, write_spec
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+def _post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+@pytest.fixture(scope="module")
+def server(tiny_grid):
+    folder = tiny_grid["folder"]
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tiny_grid["uri"],
+         "--artifacts-destination", str(folder / "served-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError("mlflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_rest_api_shows_experiment_runs_tags_and_metrics(server):
+    experiment = _get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
+    runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if t.get("diml.role") == "launch"]
+    children = [(r, t) for r, t in zip(runs, tags) if t.get("diml.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    parent_id = parents[0]["info"]["run_id"]
+    for run, t in children:
+        assert t["mlflow.parentRunId"] == parent_id
+        assert t["similarity"] in {"global", "diml"} and t["dataset"] == "synthetic" and t["loss"] == "margin"
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        for key in ("best/test/global/R_at_1", "best/test/diml_K5/MAP_at_R", "train/loss"):
+            assert 0 <= metrics[key] < 1e6, key
+
+
+def test_launch_logs_through_a_remote_server(server, ray_session, tmp_path):
+    """The whole trial logging path (child run, metrics, checkpoint artifact) against the server."""
+    from pipeline.launch import main
+
+    spec = {k: v for k, v in TINY_SPEC.items() if k != "grid"}
+    spec.update(name="remote", evaluation={"depths": [3], "batch_size": 16, "explanations": 0})
+    path = write_spec(tmp_path, spec)
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    try:
+        code = main([str(path), "--set", f"resources.storage_path={tmp_path / 'ray'}"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI") if old is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", old)
+    assert code == 0
+    experiment = _get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=remote")["experiment"]
+    runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    child = [r for r in runs if any(t["key"] == "diml.role" and t["value"] == "trial" for t in r["data"]["tags"])]
+    assert len(child) == 1 and child[0]["info"]["status"] == "FINISHED"
+    listed = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={child[0]['info']['run_id']}&path=checkpoint")
+    assert [f["path"] for f in listed["files"]] == ["checkpoint/best_model.pt"]
+
+
+def test_unreachable_server_stops_the_launch_before_any_trial(tmp_path, capsys):
+    from pipeline.launch import main
+
+    path = write_spec(tmp_path, {**{k: v for k, v in TINY_SPEC.items() if k != "grid"}, "name": "nowhere"})
+    code = main([str(path), "--set", f"tracking.uri=http://127.0.0.1:{_free_port()}"])
+    assert code == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_report_from_mlflow(tiny_grid, tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    out = tmp_path / "report"
+    code = subprocess.run([sys.executable, "-m", "pipeline.report", "--experiment", "tiny", "--out", str(out),
+                           "--tracking-uri", tiny_grid["uri"]], cwd=ROOT, capture_output=True, text=True)
+    assert code.returncode == 0, code.stderr
+    markdown = (out / "report.md").read_text()
+    header = markdown.splitlines()[0]
+    for column in ("global R@1", "DIML@3 R@1", "DIML@5 MAP@R", "DIML@5 gain R@1", "training"):
+        assert column in header
+    rows = [line for line in markdown.splitlines()[2:] if line.startswith("| synthetic")]
+    assert len(rows) == 2 and {r.split("|")[4].strip() for r in rows} == {"global", "diml"}
+    assert "R convention: PML (R excludes the query)" in markdown and "selected on: test" in markdown
+    frame = pd.read_parquet(out / "report.parquet")
+    assert len(frame) == 2 and frame["global/R@1 mean"].between(0, 100).all()
+    assert pd.read_csv(out / "report.csv").shape == frame.shape
+    image = Image.open(out / "gains.png")
+    assert image.size[0] >= 600 and len(set(image.convert("L").getdata())) > 10
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+def test_ui_renders_the_runs_in_headless_chromium(server, tiny_grid, tmp_path):
+    experiment = _get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
+    url = f"{server}/#/experiments/{experiment['experiment_id']}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--virtual-time-budget=20000"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    run_names = {"global", "diml"}
+    assert all(name in dom for name in run_names), dom[-2000:]
+    shot = pathlib.Path(tiny_grid["folder"]) / "mlflow_ui.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    from PIL import Image
+
+    image = Image.open(shot)
+    assert image.size == (1400, 900)
+    assert len(set(image.convert("L").getdata())) > 20
+    print(f"MLflow UI screenshot: {shot}")
