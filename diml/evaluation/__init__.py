@@ -10,6 +10,7 @@ sharded extraction.
 from diml.evaluation.evaluate import (
     CONVENTION_KEY,
     GLOBAL,
+    auto_pair_chunk,
     auto_query_chunk,
     evaluate,
     iter_rankings,
@@ -17,7 +18,14 @@ from diml.evaluation.evaluate import (
 )
 from diml.evaluation.extraction import extract_embeddings
 from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, recall_key, relevant_cutoff
-from diml.evaluation.retrieval import CandidateSimilarity, global_top, rerank_depths
+from diml.evaluation.retrieval import (
+    CandidateSimilarity,
+    global_candidates,
+    global_top,
+    pair_scores,
+    rerank_depths,
+    unique_pairs,
+)
 from diml.evaluation.storage import EmbeddingSet, load_embeddings, save_embeddings
 
 __all__ = [
@@ -25,18 +33,22 @@ __all__ = [
     "GLOBAL",
     "CandidateSimilarity",
     "EmbeddingSet",
+    "auto_pair_chunk",
     "auto_query_chunk",
     "class_sizes",
     "clustering_nmi",
     "evaluate",
     "extract_embeddings",
+    "global_candidates",
     "global_top",
     "iter_rankings",
     "load_embeddings",
+    "pair_scores",
     "ranking_metrics",
     "ranking_name",
     "recall_key",
     "relevant_cutoff",
     "rerank_depths",
     "save_embeddings",
+    "unique_pairs",
 ]

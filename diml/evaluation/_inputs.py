@@ -44,6 +44,12 @@ def _positive_ints(values: Sequence[int], name: str, limit: int) -> tuple[int, .
     return tuple(sorted(set(out)))
 
 
+def chunk_option(name: str, value) -> None:
+    """A chunk size is None (automatic) or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1 or None (automatic), got {value!r}")
+
+
 def _floats(x: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
     if not (x.is_floating_point()):
         raise ValueError(f"{name} must be a floating-point array, got dtype {x.dtype}")

@@ -5,42 +5,48 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diml.evaluation import evaluate, iter_rankings
+from diml.evaluation import evaluate, iter_rankings, unique_pairs
+from diml.ot import structural_similarity_candidates
 
 DEPTHS = (1, 5, 20, 37)
 
 
 def _cell_dot(q_local, q_global, c_local, c_global):
-    """A hand-made stage-2 score: mean dot product of corresponding cells, (B, K)."""
+    """A hand-made symmetric stage-2 score: mean dot product of corresponding cells, (B, K)."""
     return torch.einsum("bcr,bkcr->bk", q_local, c_local) / q_local.shape[-1]
 
 
-def _data(seed=0, n=240, dim=8, cells=4):
+def _asymmetric(q_local, q_global, c_local, c_global):
+    """A hand-made asymmetric stage-2 score: query cells against the candidate's first cell, (B, K)."""
+    return torch.einsum("bc,bkc->bk", q_local.mean(dim=2), c_local[..., 0])
+
+
+def _data(seed=0, n=160, dim=8, cells=4):
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 25, (n,), generator=gen)
     local = torch.randn(n, dim, cells, generator=gen) + 0.8 * torch.randn(25, dim, cells, generator=gen)[labels]
     return local.mean(dim=2) + 0.3 * torch.randn(n, dim, generator=gen), labels, local
 
 
-def _brute_force(glob, local, i, depth):
+def _brute_force(glob, local, i, depths, score=_cell_dot):
     """Query ``i``: full argsort of the global cosine (query removed), stage-2 + global on the first ``depth``.
 
-    Returns ``(ranking, key)``: the ranked gallery indices and, per index, the float64 score that ordered it
-    (stage-2 + cosine in the head, cosine in the tail).
+    Returns ``{depth: (ranking, key)}``: the ranked gallery indices and, per index, the float64 score that ordered
+    it (stage-2 + cosine in the head, cosine in the tail).
     """
     x = F.normalize(glob.double(), dim=1)
     cos = x @ x[i]
     order = [j for j in torch.argsort(cos, descending=True, stable=True).tolist() if j != i]
-    head = order[:depth]
-    stage2 = _cell_dot(local[i][None], glob[i][None], local[head][None], glob[head][None])[0].double()
-    final = stage2 + cos[head]
-    reranked = [head[j] for j in torch.argsort(final, descending=True, stable=True).tolist()]
-    key = {j: float(cos[j]) for j in order} | {j: float(f) for j, f in zip(head, final)}
-    return reranked + order[depth:], key
-
-
-def _brute_force_ranking(glob, local, i, depth):
-    return _brute_force(glob, local, i, depth)[0]
+    deepest = order[: max(depths)]
+    stage2 = score(local[i][None], glob[i][None], local[deepest][None], glob[deepest][None])[0].double()
+    out = {}
+    for depth in depths:
+        head = order[:depth]
+        final = stage2[:depth] + cos[head]
+        reranked = [head[j] for j in torch.argsort(final, descending=True, stable=True).tolist()]
+        key = {j: float(cos[j]) for j in order} | {j: float(f) for j, f in zip(head, final)}
+        out[depth] = (reranked + order[depth:], key)
+    return out
 
 
 def _metrics_of(ranking, labels, i, ks, r_includes_query):
@@ -51,33 +57,51 @@ def _metrics_of(ranking, labels, i, ks, r_includes_query):
     return values | {"RP": same[:r].sum() / r, "MAP@R": (precision * same[:r]).sum() / r}
 
 
-@pytest.mark.parametrize("r_includes_query", [False, True])
-def test_every_depth_equals_brute_force_loop(r_includes_query):
+def _check_metrics(ours, glob, labels, local, depths, ks, r_includes_query, score):
+    per_query = {depth: [] for depth in depths}
+    for i in range(len(labels)):
+        if (labels == labels[i]).sum() > 1:
+            for depth, (ranking, _) in _brute_force(glob, local, i, depths, score).items():
+                per_query[depth].append(_metrics_of(ranking, labels, i, ks, r_includes_query))
+    for depth, rows in per_query.items():
+        for name in rows[0]:
+            expected = 100 * float(np.mean([q[name] for q in rows]))
+            assert ours[f"diml@{depth}"][name] == pytest.approx(expected, abs=1e-9), (depth, name)
+
+
+@pytest.mark.parametrize(("r_includes_query", "symmetric"), [(False, True), (True, True), (False, False)])
+def test_every_depth_equals_brute_force_loop(r_includes_query, symmetric):
     glob, labels, local = _data()
     ks = (1, 2, 4, 8)
+    score = _cell_dot if symmetric else _asymmetric
     ours = evaluate(glob, labels, local, depths=DEPTHS, ks=ks, r_includes_query=r_includes_query, nmi=False,
-                    query_chunk=50, candidate_similarity=_cell_dot)
+                    query_chunk=50, pair_chunk=333, candidate_similarity=score, symmetric=symmetric)
     assert set(ours) == {"global", "convention"} | {f"diml@{d}" for d in DEPTHS}
-    for depth in DEPTHS:
-        per_query = [_metrics_of(_brute_force_ranking(glob, local, i, depth), labels, i, ks, r_includes_query)
-                     for i in range(len(labels)) if (labels == labels[i]).sum() > 1]
-        for name in per_query[0]:
-            expected = 100 * float(np.mean([q[name] for q in per_query]))
-            assert ours[f"diml@{depth}"][name] == pytest.approx(expected, abs=1e-9), (depth, name)
+    _check_metrics(ours, glob, labels, local, DEPTHS, ks, r_includes_query, score)
     assert ours["diml@37"]["R@1"] != ours["global"]["R@1"], "the stage-2 score must change the rankings"
+
+
+def test_structural_similarity_re_ranking_equals_brute_force_loop():
+    glob, labels, local = _data(seed=5, n=80)
+    ours = evaluate(glob, labels, local, depths=(4, 25), ks=(1, 2), nmi=False, eps=0.05)
+    ot = lambda *args: structural_similarity_candidates(*args, eps=0.05)  # noqa: E731
+    _check_metrics(ours, glob, labels, local, (4, 25), (1, 2), False, ot)
 
 
 def test_rankings_equal_brute_force_and_hold_no_duplicates():
     glob, labels, local = _data(seed=1, n=150)
     length = 60
-    chunks = list(iter_rankings(glob, local, length=length, depths=DEPTHS, similarity=_cell_dot, query_chunk=32))
-    assert sum(len(q) for q, _ in chunks) == len(labels)
+    queries = torch.arange(3, 150, 2)  # a subset of the gallery as queries
+    chunks = list(iter_rankings(glob, local, length=length, depths=DEPTHS, similarity=_cell_dot, query_chunk=32,
+                                pair_chunk=100, queries=queries))
+    assert torch.equal(torch.cat([q for q, _ in chunks]), queries)
+    brute = {i: _brute_force(glob, local, i, DEPTHS) for i in queries.tolist()}
     for query_index, rankings in chunks:
         global_ranking = rankings["global"]
         for depth in DEPTHS:
             ranking = rankings[f"diml@{depth}"]
             for row, i in enumerate(query_index.tolist()):
-                expected, key = _brute_force(glob, local, i, depth)
+                expected, key = brute[i][depth]
                 got = ranking[row].tolist()
                 # same order up to float32 near-ties (|score difference| < 1e-6); exact membership of the head
                 assert set(got[:depth]) == set(expected[:depth]), (i, depth)
@@ -114,3 +138,12 @@ def test_chunking_does_not_change_the_result():
     many = evaluate(glob, labels, local, depths=(10,), nmi=False, candidate_similarity=_cell_dot, query_chunk=13)
     for name in one:
         assert one[name] == pytest.approx(many[name], abs=1e-9)
+
+
+def test_unique_pairs_lists_each_unordered_pair_once():
+    queries = torch.tensor([0, 1, 2])
+    cand = torch.tensor([[1, 2], [0, 3], [0, 1]])
+    low, high, inverse = unique_pairs(queries, cand, num_images=4)
+    assert list(zip(low.tolist(), high.tolist())) == [(0, 1), (0, 2), (1, 2), (1, 3)]
+    pairs = [(min(q, c), max(q, c)) for q, row in zip(queries.tolist(), cand.tolist()) for c in row]
+    assert [(low[u].item(), high[u].item()) for u in inverse.flatten()] == pairs
