@@ -26,7 +26,6 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state|PreemptionWatcher",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 
@@ -37,6 +36,7 @@ class Outcome:
     errors: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None
     experiment_path: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def all_ok(self) -> bool:
@@ -48,6 +48,8 @@ class Outcome:
             text += "\n\n" + self.report
         if self.errors:
             text += "\n\nfailed trials:\n" + "\n".join(f"  - {k}: {v}" for k, v in self.errors.items())
+        if self.timings:
+            text += "\n\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         return text
 
 
@@ -175,7 +177,10 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
         tracking.client(uri).update_run(parent, status="RUNNING")
     _write_pointer(storage, launch, {"tune_name": name, "parent_run_id": parent, "experiment_id": experiment_id})
     info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "storage_path": storage}
+    clock = time.perf_counter()
+    timings = {}
     started_ray = _start_ray(plan, address, num_cpus)
+    timings["ray start"] = time.perf_counter() - clock
     try:
         import ray
 
@@ -187,7 +192,9 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
                                        resume_errored=True, restart_errored=False)
         else:
             tuner = _tuner(plan, info, name, storage, resources)
+        clock = time.perf_counter()
         grid = tuner.fit()
+        timings["trials"] = time.perf_counter() - clock
         errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}
     finally:
@@ -195,14 +202,17 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
             import ray
 
             ray.shutdown()
-    tracking.end_run(uri, parent, "FAILED" if errors else "FINISHED")
+    clock = time.perf_counter()
     table = collect_results(uri, experiment_id, parent, spec)
-    report_text = _report(uri, parent, experiment_id, storage, name)
+    report_text = _report(uri, parent, experiment_id)
+    timings["results and report"] = time.perf_counter() - clock
+    tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)
+    tracking.end_run(uri, parent, "FAILED" if errors else "FINISHED")
     return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
-                   experiment_path=f"{storage}/{name}")
+                   experiment_path=f"{storage}/{name}", timings=timings)
 
 
-def _report(uri: str, parent: str, experiment_id: str, storage: str, name: str) -> str:
+def _report(uri: str, parent: str, experiment_id: str) -> str:
     """The paper-style report of this launch, logged to the parent run (empty when no trial finished)."""
     import tempfile
 

@@ -8,6 +8,7 @@ child run is found by the same id, so it is continued rather than duplicated.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 from pipeline import tracking
@@ -33,7 +34,8 @@ def _decode_search(sampled: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in sampled.items()}
 
 
-def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: dict):
+def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: dict,
+                  started_at: float):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -47,7 +49,8 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
     threads = str(max(1, int(r.cpus_per_worker)))
     return TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec_json, "run_id": run_id, "tracking_uri": launch["tracking_uri"]},
+        train_loop_config={"spec": spec_json, "run_id": run_id, "tracking_uri": launch["tracking_uri"],
+                           "trial_started_at": started_at},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
@@ -60,6 +63,7 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
                                                          checkpoint_score_order="max"),
             callbacks=[TuneReportCallback()],
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}},
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
 
@@ -70,6 +74,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
     spec JSON and index; ``launch``: tracking URI, experiment, parent run and storage of this launch."""
     import ray.tune
 
+    started_at = time.time()
     label = config["trial"]
     payload = trials[label]
     sampled = {k: v for k, v in config.items() if k != "trial"}
@@ -89,7 +94,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
                             | {SELECTION_SCORE: run.data.metrics.get("best/selection_score", 0.0)})
             return
     try:
-        result = build_trainer(spec, spec_json, trial_id, run_id, launch).fit()
+        result = build_trainer(spec, spec_json, trial_id, run_id, launch, started_at).fit()
         outcome = result.return_value or {}
         if result.error is not None:
             raise result.error

@@ -9,6 +9,7 @@ split (global and test-time DIML at every depth) and logged with the artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline import build, tracking
+from pipeline.trial_logger import TrialLogger
 from pipeline.specs import RunSpec
 
 STATE_FILE = "state.pt"
@@ -179,11 +181,39 @@ def _loader(spec: RunSpec, dataset, ctx: Context):
     return sampler, loader
 
 
-def _epoch_batches(loader, limit: int | None):
-    for index, batch in enumerate(loader):
-        if limit is not None and index >= limit:
-            return
-        yield batch
+@dataclass
+class _Clock:
+    """Orchestration overheads of this worker process: its setup time and the time from the trial driver's start
+    (``trial_started``, epoch seconds on the driver) to the first training batch; reported once."""
+
+    started: float
+    trial_started: float | None = None
+    first_batch: float | None = None
+    skipped: float = 0.0
+    reported: bool = False
+
+    @contextlib.contextmanager
+    def excluded(self):
+        start = time.time()
+        yield
+        self.skipped += time.time() - start
+
+    def batches(self, loader, limit: int | None):
+        for index, batch in enumerate(loader):
+            if limit is not None and index >= limit:
+                return
+            if self.first_batch is None:
+                self.first_batch = time.time() - self.skipped
+            yield batch
+
+    def overheads(self) -> dict[str, float]:
+        if self.reported or self.first_batch is None:
+            return {}
+        self.reported = True
+        out = {"overhead/worker_setup_s": self.first_batch - self.started}
+        if self.trial_started is not None:
+            out["overhead/trial_to_first_batch_s"] = self.first_batch - self.trial_started
+        return out
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +222,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     from diml.engine import NonFiniteLossError, train_epoch
 
+    clock = _Clock(started=time.time(), trial_started=config.get("trial_started_at"))
     ctx, splits, module, optimizer, scheduler = _setup(config)
     spec = ctx.spec
     progress, best = Progress(), Best()
@@ -199,20 +230,21 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)
-    logger = _RankZeroLogger(ctx)
+    logger = TrialLogger(ctx)
     if checkpoint is not None:
         logger.tags({"restored_from_epoch": str(progress.next_epoch)})
     if progress.next_epoch == 0 and spec.evaluation.before_training:
-        results, _ = evaluate_split(module, splits.test, ctx)
-        if results is not None:
-            logger.metrics(tracking.evaluation_metrics("init/test", results), 0)
+        with clock.excluded():
+            results, _ = evaluate_split(module, splits.test, ctx)
+            if results is not None:
+                logger.metrics(tracking.evaluation_metrics("init/test", results), 0)
     sampler, loader = _loader(spec, splits.train, ctx)
     selection = splits.val if spec.selection_split == "val" else splits.test
     for epoch in range(progress.next_epoch, spec.epochs):
         seed_everything(spec.seed * 100003 + epoch * 101 + ctx.rank)
         sampler.set_epoch(epoch)
         try:
-            stats = train_epoch(module, _epoch_batches(loader, spec.batch.batches_per_epoch), optimizer,
+            stats = train_epoch(module, clock.batches(loader, spec.batch.batches_per_epoch), optimizer,
                                 epoch=epoch, device=ctx.device, channels_last=spec.model.channels_last)
         except NonFiniteLossError as exc:
             return logger.failed(exc, epoch)
@@ -220,7 +252,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr,
                    "train/epoch_seconds": stats.seconds,
-                   "train/images_per_second": stats.images_per_second * ctx.world_size}
+                   "train/images_per_second": stats.images_per_second * ctx.world_size, **clock.overheads()}
         if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
             _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
         progress.next_epoch = epoch + 1
@@ -279,78 +311,6 @@ def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger
     final["best/epoch"] = progress.best_epoch
     final["best/selection_score"] = progress.best_score
     final["selection_score"] = progress.best_score
-    logger.final(final, module, splits, progress, test_embeddings)
+    logger.final(final, module, splits, progress.best_epoch, test_embeddings)
     ray.train.report(final, checkpoint=None)
     return {"status": "ok", **final} if ctx.rank == 0 else {"status": "ok"}
-
-
-class _RankZeroLogger:
-    """MLflow logging from rank 0 only (one process per trial); a no-op on other ranks or without a run."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
-        if self.active:
-            import socket
-
-            import ray
-
-            tracking.set_tags(ctx.tracking_uri, ctx.run_id, {"ray_node_id": ray.get_runtime_context().get_node_id(),
-                                                             "hostname": socket.gethostname(),
-                                                             "workers": str(ctx.world_size)})
-
-    def tags(self, tags: dict[str, str]) -> None:
-        if self.active:
-            tracking.set_tags(self.ctx.tracking_uri, self.ctx.run_id, tags)
-
-    def metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.active:
-            values = {k: float(v) for k, v in metrics.items() if k != "epoch" and math.isfinite(float(v))}
-            tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, values, step)
-
-    def failed(self, exc: Exception, epoch: int) -> dict[str, Any]:
-        import ray.train
-
-        if self.active:
-            tracking.set_tags(self.ctx.tracking_uri, self.ctx.run_id,
-                              {"failure": str(exc), "failure.epoch": str(epoch)})
-        ray.train.report({"failed": 1, "failure": str(exc), "failure_epoch": epoch}, checkpoint=None)
-        return {"status": "failed", "error": str(exc), "epoch": epoch}
-
-    def final(self, final: dict[str, float], module, splits, progress: Progress, embeddings) -> None:
-        if not self.active:
-            return
-        uri, run_id, spec = self.ctx.tracking_uri, self.ctx.run_id, self.ctx.spec
-        tracking.log_metrics(uri, run_id, final, max(progress.best_epoch, 0))
-        model = _unwrap(module).model
-        with tempfile.TemporaryDirectory() as folder:
-            logged = []
-            if spec.tracking.log_checkpoint:
-                path = os.path.join(folder, "best_model.pt")
-                torch.save({"model": model.state_dict(), "loss": _unwrap(module).loss.state_dict(),
-                            "model_config": build.model_config(spec), "spec": spec.model_dump(mode="json"),
-                            "epoch": progress.best_epoch}, path)
-                logged.append((path, "checkpoint"))
-            if embeddings is not None and spec.evaluation.save_embeddings:
-                from diml.evaluation import save_embeddings
-
-                path = os.path.join(folder, "test_embeddings.parquet")
-                save_embeddings(path, embeddings.global_emb, embeddings.labels, embeddings.local_emb,
-                                metadata={"split": "test", "epoch": progress.best_epoch, "dataset": spec.data.dataset})
-                logged.append((path, "embeddings"))
-            if embeddings is not None and spec.evaluation.explanations:
-                logged.append((self._explanations(model, splits.test, embeddings, folder), "explanations"))
-            tracking.log_artifacts(uri, run_id, logged)
-
-    def _explanations(self, model, dataset, embeddings, folder: str) -> str:
-        from diml.explain import write_trial_explanations
-
-        spec = self.ctx.spec
-        out = os.path.join(folder, "explanations")
-        was_training = model.training
-        model.eval()
-        write_trial_explanations(model, dataset, embeddings, out, n_queries=spec.evaluation.explanations,
-                                 seed=spec.seed, depth=max(spec.evaluation.depths), eps=spec.evaluation.ot.eps,
-                                 marginals=spec.evaluation.ot.marginals, device=self.ctx.device)
-        model.train(was_training)
-        return out

@@ -20,7 +20,6 @@ TEST_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state|PreemptionWatcher",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "MPLBACKEND": "Agg",
 }
 for _key, _value in TEST_ENV.items():

@@ -1,0 +1,110 @@
+"""MLflow logging of a trial from its rank-0 Train worker (one process per trial), timed.
+
+A no-op on the other ranks or without a run. Time spent in MLflow calls is added up and logged at the end as
+``overhead/tracking_s``; the explanation figures' time as ``overhead/explanations_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from pipeline import build, tracking
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+class TrialLogger:
+    """MLflow logging from rank 0 only; ``ctx`` is the worker's context (spec, rank, run id, tracking URI)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.seconds = 0.0
+        self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
+        if self.active:
+            import socket
+
+            import ray
+
+            self.tags({"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+                       "workers": str(ctx.world_size)})
+
+    @contextlib.contextmanager
+    def _timed(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            with self._timed():
+                tracking.set_tags(self.ctx.tracking_uri, self.ctx.run_id, tags)
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.active:
+            values = {k: float(v) for k, v in metrics.items() if k != "epoch" and math.isfinite(float(v))}
+            with self._timed():
+                tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id, values, step)
+
+    def failed(self, exc: Exception, epoch: int) -> dict[str, Any]:
+        """Record a trial that cannot succeed (NaN loss) and tell the driver, which marks it failed."""
+        import ray.train
+
+        self.tags({"failure": str(exc), "failure.epoch": str(epoch)})
+        ray.train.report({"failed": 1, "failure": str(exc), "failure_epoch": epoch}, checkpoint=None)
+        return {"status": "failed", "error": str(exc), "epoch": epoch}
+
+    def final(self, final: dict[str, float], module, splits, best_epoch: int, embeddings) -> None:
+        """Final metrics, then the artifacts: best checkpoint, test embeddings (Parquet), explanation figures."""
+        if not self.active:
+            return
+        spec = self.ctx.spec
+        step = max(best_epoch, 0)
+        self.metrics(final, step)
+        model = _unwrap(module).model
+        with tempfile.TemporaryDirectory() as folder:
+            logged = []
+            if spec.tracking.log_checkpoint:
+                path = os.path.join(folder, "best_model.pt")
+                torch.save({"model": model.state_dict(), "loss": _unwrap(module).loss.state_dict(),
+                            "model_config": build.model_config(spec), "spec": spec.model_dump(mode="json"),
+                            "epoch": best_epoch}, path)
+                logged.append((path, "checkpoint"))
+            if embeddings is not None and spec.evaluation.save_embeddings:
+                from diml.evaluation import save_embeddings
+
+                path = os.path.join(folder, "test_embeddings.parquet")
+                save_embeddings(path, embeddings.global_emb, embeddings.labels, embeddings.local_emb,
+                                metadata={"split": "test", "epoch": best_epoch, "dataset": spec.data.dataset})
+                logged.append((path, "embeddings"))
+            explain_seconds = 0.0
+            if embeddings is not None and spec.evaluation.explanations:
+                start = time.perf_counter()
+                logged.append((self._explanations(model, splits.test, embeddings, folder), "explanations"))
+                explain_seconds = time.perf_counter() - start
+            with self._timed():
+                tracking.log_artifacts(self.ctx.tracking_uri, self.ctx.run_id, logged)
+        self.metrics({"overhead/tracking_s": self.seconds, "overhead/explanations_s": explain_seconds}, step)
+
+    def _explanations(self, model, dataset, embeddings, folder: str) -> str:
+        from diml.explain import write_trial_explanations
+
+        spec = self.ctx.spec
+        out = os.path.join(folder, "explanations")
+        was_training = model.training
+        model.eval()
+        write_trial_explanations(model, dataset, embeddings, out, n_queries=spec.evaluation.explanations,
+                                 seed=spec.seed, depth=max(spec.evaluation.depths), eps=spec.evaluation.ot.eps,
+                                 marginals=spec.evaluation.ot.marginals, device=self.ctx.device)
+        model.train(was_training)
+        return out
