@@ -3,6 +3,8 @@ one MLflow store, and the cluster leaves no process behind."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import subprocess
 import sys
 import time
@@ -15,20 +17,22 @@ from ray_nodes import processes_in_groups, processes_under, two_node_cluster
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
+
+def _tiny_spec() -> dict:
+    """The session's tiny grid (tests/conftest.py TINY_SPEC: 2 trials x 2 workers x 1 CPU), under its own name."""
+    spec = importlib.util.spec_from_file_location("diml_tests_root_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = copy.deepcopy(module.TINY_SPEC)
+    tiny["name"] = "two-node"
+    tiny["resources"].update(workers_per_trial=2, cpus_per_worker=1, max_concurrent_trials=2)  # the layout below
+    tiny["grid"] = {"loss.similarity": ["global", "diml"]}
+    return tiny
+
+
 # Two trials of 2 workers x 1 CPU (+ a 0.01-CPU driver) on two nodes of 3 CPUs: both trials run at once and
 # their worker groups cannot share a node, so each node hosts one trial's rank 0.
-SPEC = {
-    "name": "two-node",
-    "epochs": 1,
-    "data": {"dataset": "synthetic", "image_size": 32, "synthetic": {"num_classes": 8, "images_per_class": 6}},
-    "model": {"backbone": "resnet18", "embed_dim": 16, "grid": 2, "frozen_bn": False},
-    "loss": {"name": "margin"},
-    "optimizer": {"lr": 1e-3},
-    "batch": {"size": 8, "images_per_class": 2, "batches_per_epoch": 2},
-    "evaluation": {"depths": [3, 5], "batch_size": 16, "explanations": 0},
-    "resources": {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 2},
-    "grid": {"loss.similarity": ["global", "diml"]},
-}
+SPEC = _tiny_spec()
 
 
 def test_tiny_grid_with_address_runs_trials_on_both_nodes_and_reaches_mlflow(tmp_path):

@@ -147,9 +147,8 @@ def test_onprem_config_is_the_local_provider_with_gpus_from_ray_start():
     worker_start = " ".join(commands(config, "worker_start_ray_commands"))
     assert "--num-gpus=$(nvidia-smi --list-gpus" in worker_start
     prepared = cc.prepare(config)  # Ray turns head_ip / worker_ips into its single local node type
-    (node_type,) = [t for name, t in prepared["available_node_types"].items() if name != "head"] or \
-        prepared["available_node_types"].values()
-    assert node_type["max_workers"] == 2
+    (node_type,) = prepared["available_node_types"].values()
+    assert node_type["min_workers"] == node_type["max_workers"] == 2
 
 
 # ----------------------------------------------------------------------------------------- the launch command
