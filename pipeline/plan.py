@@ -77,13 +77,18 @@ def schedulable_cpus(plan: Plan, resources: Resources) -> float:
     return max(resources.cpus, max(Demand.of(t.spec).cpus for t in plan.trials))
 
 
-def concurrency(plan: Plan, resources: Resources) -> int:
-    """How many trials run at once: the resources' fit for the largest trial, capped by the spec."""
+def concurrency(plan: Plan, resources: Resources, *, autoscaling: bool = False) -> int:
+    """How many trials run at once: the resources' fit for the largest trial, capped by the spec.
+
+    With ``autoscaling`` (a cluster joined by address, which may grow) ``resources.max_concurrent_trials`` is
+    trusted as it is when set: the cluster's present size would throttle the grid to what is up at launch."""
+    limit = plan.trials[0].spec.resources.max_concurrent_trials
+    if autoscaling and limit:
+        return limit
     worst = max((Demand.of(t.spec) for t in plan.trials), key=lambda d: (d.gpus, d.cpus))
     fits = [math.floor(resources.cpus / worst.cpus + 1e-9)]
     if worst.gpus > 0:
         fits.append(math.floor(resources.gpus / worst.gpus + 1e-9))
-    limit = plan.trials[0].spec.resources.max_concurrent_trials
     n = min(fits + ([limit] if limit else []) + [len(plan.trials) * _samples(plan)])
     return max(n, 0)
 

@@ -137,7 +137,8 @@ def _trial_dirname(trial) -> str:
     return f"{trial.trial_id}-{trial.config['trial']}"[:120]
 
 
-def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resources: planning.Resources):
+def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resources: planning.Resources,
+           autoscaling: bool):
     from ray import tune
 
     spec = plan.trials[0].spec
@@ -152,7 +153,8 @@ def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resource
         trainable,
         param_space=_param_space(plan, launch),
         tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
-                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources)),
+                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources,
+                                                                                       autoscaling=autoscaling)),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=spec.resources.trial_max_failures)),
@@ -191,7 +193,8 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan, info), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False)
         else:
-            tuner = _tuner(plan, info, name, storage, resources)
+            tuner = _tuner(plan, info, name, storage, resources,
+                           autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
         grid = tuner.fit()
         timings["trials"] = time.perf_counter() - clock

@@ -61,3 +61,10 @@ def test_dry_run_cli_prints_plan_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trials: 6" in out and "at most 4 trial(s) run at once" in out
     assert not ray.is_initialized()
+
+
+def test_autoscaling_cluster_trusts_the_spec_limit():
+    plan = build_plan(BASE, sets=["resources.max_concurrent_trials=5"])
+    empty = Resources(cpus=8, gpus=0, where="cluster")
+    assert concurrency(plan, empty) == 0
+    assert concurrency(plan, empty, autoscaling=True) == 5
