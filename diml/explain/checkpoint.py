@@ -1,0 +1,98 @@
+"""Load a DIML model from a checkpoint written by the pipeline.
+
+Format: ``torch.save({"model": DIMLModel.state_dict(), "model_config": {"backbone": str, "embed_dim": int,
+"grid": int, "frozen_bn": bool, "image_size": int}, ...other keys}, path)``, read back with
+``torch.load(path, weights_only=True)``. Every way of not matching it is a one-line ``ValueError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import zipfile
+from typing import Any
+
+import torch
+
+from diml.models import DIMLModel, build_model
+
+CONFIG_TYPES = {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int}
+
+
+def _read(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a best_model.pt written by the "
+                                "pipeline")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"checkpoint {path} cannot be read by torch.load(weights_only=True) ({first}); pass a "
+                         "checkpoint written by the DIML pipeline") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"checkpoint {path} has no 'model' state dict; pass a checkpoint written by the DIML "
+                         "pipeline (torch.save({'model': ..., 'model_config': ...}))")
+    return state
+
+
+def model_config_of(state: dict, path: pathlib.Path) -> dict[str, Any]:
+    """The validated ``model_config`` of a loaded checkpoint ``state``."""
+    config = state.get("model_config")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path} has no 'model_config' (backbone, embed_dim, grid, frozen_bn, image_size);"
+                         " it was not written by this version of the DIML pipeline")
+    for key, kind in CONFIG_TYPES.items():
+        value = config.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"checkpoint {path}: model_config[{key!r}] must be a {kind.__name__}, got {value!r}")
+    return dict(config)
+
+
+def _mismatch(model: DIMLModel, weights: dict[str, torch.Tensor]) -> str | None:
+    """A one-line description of how ``weights`` differ from ``model``'s state dict, or None if they fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [k for k in sorted(set(expected) & set(weights))
+              if not isinstance(weights[k], torch.Tensor) or tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        key = shapes[0]
+        got = tuple(getattr(weights[key], "shape", ()))
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {key}: checkpoint {got} vs model "
+                     f"{tuple(expected[key].shape)})")
+    return "; ".join(parts)
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[DIMLModel, dict]:
+    """Rebuild the model of a pipeline checkpoint (no pretrained download: every weight comes from the file).
+
+    Args:
+        path: the checkpoint file (e.g. the MLflow artifact ``checkpoint/best_model.pt``).
+        device: where to put the model.
+
+    Returns:
+        ``(model in eval mode on device, model_config)``.
+    """
+    path = pathlib.Path(path)
+    state = _read(path)
+    config = model_config_of(state, path)
+    try:
+        model = build_model(config["backbone"], pretrained=False, embed_dim=config["embed_dim"], grid=config["grid"],
+                            frozen_bn=config["frozen_bn"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path}: cannot build its model_config ({error})") from None
+    problem = _mismatch(model, state["model"])
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} does not match its model_config (backbone {config['backbone']!r}, "
+                         f"embed_dim {config['embed_dim']}, grid {config['grid']}): {problem}; it holds another "
+                         "architecture")
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config

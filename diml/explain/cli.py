@@ -1,0 +1,106 @@
+"""``python -m diml.explain``: explain a query's retrieval in a gallery with a trained checkpoint.
+
+Writes to ``--out``: ``retrieval.png`` (the query's top results before and after DIML re-ranking),
+``flow_01.png, ...`` (the matching flow of each top result after re-ranking), ``explanation_01.json, ...`` (their
+explanations) and ``results.json`` (both rankings with their scores). Bad paths and checkpoints of another
+architecture end with a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from diml.explain.checkpoint import load_checkpoint
+from diml.explain.flow import plot_matching_flow
+from diml.explain.images import embed_images, list_images, open_image
+from diml.explain.panel import plot_retrieval_panel
+from diml.explain.retrieval import RankedItem, rank_query
+
+PROG = "python -m diml.explain"
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -> argparse.ArgumentParser:
+    """Add the CLI options to ``parser`` (``checkpoint=False`` leaves out ``--checkpoint``, for front ends that
+    fetch the checkpoint themselves, e.g. ``python -m pipeline.explain --run-id``)."""
+    if checkpoint:
+        parser.add_argument("--checkpoint", required=True, help="checkpoint written by the pipeline (best_model.pt)")
+    parser.add_argument("--query", required=True, help="the query image")
+    parser.add_argument("--gallery", required=True, help="an image, or a folder searched recursively for images")
+    parser.add_argument("--out", required=True, help="folder for the figures and JSON (created)")
+    parser.add_argument("--top", type=int, default=5, help="results shown per ranking and pairs per explanation")
+    parser.add_argument("--depth", type=int, default=100, help="global candidates re-ranked by DIML")
+    parser.add_argument("--image-size", type=int, default=None, help="model input size (default: the checkpoint's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--eps", type=float, default=0.05, help="entropic regularisation of the matching")
+    parser.add_argument("--marginals", default="cross_attention", choices=("cross_attention", "uniform"))
+    parser.add_argument("--exact", action="store_true", help="add the unregularised plan (POT ot.emd)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0]))
+
+
+def _gallery(query: pathlib.Path, gallery: str) -> list[pathlib.Path]:
+    files = [p for p in list_images(gallery) if p.resolve() != query.resolve()]
+    if not files:
+        raise ValueError(f"gallery {gallery} holds no image other than the query; add images to compare with")
+    return files
+
+
+def _record(item: RankedItem) -> dict:
+    return {"image_id": item.explanation.ref_id, "global_rank": item.global_rank, "global_score": item.global_score,
+            "structural_score": item.structural_score, "final_score": item.final_score}
+
+
+def run(args: argparse.Namespace) -> list[pathlib.Path]:
+    """Run the CLI on parsed arguments; returns the written files."""
+    if args.top < 1 or args.depth < 1:
+        raise ValueError(f"--top and --depth must be >= 1, got {args.top} and {args.depth}")
+    model, config = load_checkpoint(args.checkpoint, device=args.device)
+    image_size = args.image_size or config["image_size"]
+    query_path = pathlib.Path(args.query)
+    query = open_image(query_path)
+    paths = _gallery(query_path, args.gallery)
+    root = pathlib.Path(args.gallery) if pathlib.Path(args.gallery).is_dir() else pathlib.Path(args.gallery).parent
+    images = [query] + [open_image(p) for p in paths]
+    ids = [str(query_path)] + [str(p.relative_to(root)) for p in paths]
+    glob, local = embed_images(model, images, image_size=image_size, device=args.device)
+    ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, eps=args.eps,
+                         marginals=args.marginals, ids=ids, pairs=args.top, exact=args.exact, device=args.device)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [plot_retrieval_panel(ranking, query, images.__getitem__, out / "retrieval.png")]
+    for rank, item in enumerate(ranking.after, start=1):
+        written.append(plot_matching_flow(item.explanation, query, images[item.index], out / f"flow_{rank:02d}.png"))
+        path = out / f"explanation_{rank:02d}.json"
+        path.write_text(item.explanation.to_json(indent=1))
+        written.append(path)
+    summary = {"checkpoint": str(args.checkpoint), "query": str(query_path), "gallery": str(args.gallery),
+               "model_config": config, "image_size": image_size, "depth": ranking.depth, "eps": args.eps,
+               "marginals": args.marginals, "before": [_record(i) for i in ranking.before],
+               "after": [_record(i) for i in ranking.after]}
+    results = out / "results.json"
+    results.write_text(json.dumps(summary, indent=1))
+    return written + [results]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0, or 2 after printing a one-line error)."""
+    return execute(build_parser().parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """:func:`run` with the CLI's reporting: the written paths on stdout, or a one-line error and status 2."""
+    try:
+        written = run(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0

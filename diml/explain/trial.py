@@ -1,0 +1,173 @@
+"""Explanation artifacts of a trained model on its test split: figures, JSON and an ``index.html`` showing them.
+
+The pipeline calls :func:`write_trial_explanations` from the rank-0 worker at the end of a trial and logs the folder
+to MLflow; the page uses relative links only, so it renders in the MLflow artifact viewer and from a plain folder.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from diml.explain.flow import plot_matching_flow
+from diml.explain.images import unwrap_model
+from diml.explain.panel import plot_retrieval_panel
+from diml.explain.retrieval import QueryRanking, RankedItem, rank_query
+
+INDEX = "index.html"
+
+
+def choose_queries(labels: np.ndarray, count: int, seed: int) -> list[int]:
+    """``count`` query rows chosen by ``seed`` (sorted), among the images whose class has another image when
+    there are enough of them (a query without a positive explains little)."""
+    labels = np.asarray(labels)
+    inverse = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    sizes = np.bincount(inverse)[inverse]
+    pool = np.flatnonzero(sizes > 1)
+    if len(pool) < count:
+        pool = np.arange(len(labels))
+    picked = np.random.default_rng([seed, 8008]).choice(pool, size=min(count, len(pool)), replace=False)
+    return sorted(int(i) for i in picked)
+
+
+class _Ids:
+    """``dataset.image_id(i)`` as a lazy sequence (only the shown images are asked for their id)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> str:
+        return self.dataset.image_id(index)
+
+
+def _item_record(item: RankedItem, labels: np.ndarray, query_label: int) -> dict[str, Any]:
+    return {"index": item.index, "image_id": item.explanation.ref_id, "label": int(labels[item.index]),
+            "relevant": bool(labels[item.index] == query_label), "global_rank": item.global_rank,
+            "global_score": item.global_score, "structural_score": item.structural_score,
+            "final_score": item.final_score}
+
+
+def _query_record(ranking: QueryRanking, labels: np.ndarray, query_id: str) -> dict[str, Any]:
+    label = int(labels[ranking.query_index])
+    return {"query_index": ranking.query_index, "query_id": query_id, "query_label": label, "depth": ranking.depth,
+            "before": [_item_record(i, labels, label) for i in ranking.before],
+            "after": [_item_record(i, labels, label) for i in ranking.after],
+            "top_match": ranking.after[0].explanation.to_dict()}
+
+
+def _check_inputs(model, dataset, embeddings, n_queries: int) -> tuple[int, np.ndarray]:
+    grid = getattr(unwrap_model(model), "grid", None)
+    if grid is None:
+        raise ValueError("model has no `grid` attribute; pass the trial's diml.models.DIMLModel")
+    local = getattr(embeddings, "local_emb", None)
+    if local is None or local.ndim != 3 or local.shape[2] != grid * grid:
+        raise ValueError(f"embeddings.local_emb must be (N, D, R) with R = grid * grid = {grid * grid}, got "
+                         f"{None if local is None else tuple(local.shape)}; extract the embeddings with this model")
+    labels = np.asarray(torch.as_tensor(embeddings.labels).cpu())
+    if len(labels) != len(dataset) or embeddings.global_emb.shape[0] != len(dataset) or len(dataset) < 2:
+        raise ValueError(f"embeddings must hold one row per image of dataset ({len(dataset)} images, at least 2), "
+                         f"got {embeddings.global_emb.shape[0]} rows and {len(labels)} labels")
+    if isinstance(n_queries, bool) or not isinstance(n_queries, int) or n_queries < 1:
+        raise ValueError(f"n_queries must be an integer >= 1, got {n_queries!r}")
+    return grid, labels
+
+
+def write_trial_explanations(
+    model: torch.nn.Module,
+    dataset,
+    embeddings,
+    out_dir: str | os.PathLike,
+    *,
+    n_queries: int = 8,
+    seed: int = 0,
+    top: int = 5,
+    depth: int = 10,
+    eps: float = 0.05,
+    marginals: str = "cross_attention",
+    device: str | torch.device = "cpu",
+) -> list[pathlib.Path]:
+    """Explain ``n_queries`` seeded test queries: per query a retrieval panel, the matching flow of its top result
+    after re-ranking, and their JSON; plus ``index.html`` showing them all.
+
+    Args:
+        model: the trained :class:`diml.models.DIMLModel` (its ``grid`` lays out the cells).
+        dataset: the split ``embeddings`` was extracted from (``load_image(i)``, ``image_id(i)``, ``len``).
+        embeddings: ``.global_emb (N, D)``, ``.local_emb (N, D, R)``, ``.labels (N,)`` in dataset order
+            (a :class:`diml.evaluation.EmbeddingSet`).
+        out_dir: folder to write (created).
+        n_queries: queries explained (chosen by ``seed`` among images with a positive, see :func:`choose_queries`).
+        top: results per ranking; depth: candidates re-ranked by DIML (as in the evaluation).
+        eps, marginals: options of the structural similarity.
+        device: where the matching runs.
+
+    Returns:
+        The written files: ``q00_retrieval.png``, ``q00_flow.png``, ``q00.json``, ..., and ``index.html`` last.
+    """
+    grid, labels = _check_inputs(model, dataset, embeddings, n_queries)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    global_emb, local_emb = embeddings.global_emb.float().cpu(), embeddings.local_emb.float().cpu()
+    ids = _Ids(dataset)
+    written, records = [], []
+    for number, query in enumerate(choose_queries(labels, n_queries, seed)):
+        ranking = rank_query(global_emb, local_emb, query, grid=grid, top=top, depth=depth, eps=eps,
+                             marginals=marginals, ids=ids, device=device)
+        query_image = dataset.load_image(query)
+        relevant = {i.index: bool(labels[i.index] == labels[query]) for i in ranking.before + ranking.after}
+        stem = f"q{number:02d}"
+        best = ranking.after[0]
+        panel = plot_retrieval_panel(ranking, query_image, dataset.load_image, out / f"{stem}_retrieval.png",
+                                     relevant=relevant)
+        flow = plot_matching_flow(best.explanation, query_image, dataset.load_image(best.index),
+                                  out / f"{stem}_flow.png")
+        record = _query_record(ranking, labels, ids[query])
+        record_path = out / f"{stem}.json"
+        record_path.write_text(json.dumps(record, indent=1))
+        written += [panel, flow, record_path]
+        records.append((stem, record))
+    index = out / INDEX
+    index.write_text(index_html(records, {"eps": eps, "marginals": marginals, "depth": depth, "seed": seed}))
+    return written + [index]
+
+
+def _summary(record: dict[str, Any]) -> str:
+    def first(items):
+        item = items[0]
+        mark = "relevant" if item["relevant"] else "not relevant"
+        return (f"{html.escape(str(item['image_id']))} ({mark}; g {item['global_score']:.3f}, "
+                f"s {item['structural_score']:.3f})")
+
+    return f"top result, global: {first(record['before'])}<br>top result, DIML: {first(record['after'])}"
+
+
+def index_html(records: list[tuple[str, dict[str, Any]]], settings: dict[str, Any]) -> str:
+    """The page showing every query's panel and flow (relative links to ``<stem>_retrieval.png``,
+    ``<stem>_flow.png``, ``<stem>.json``)."""
+    rows = []
+    for stem, record in records:
+        name = html.escape(str(record["query_id"]))
+        rows.append(
+            f'<section><h2>{stem}: query {name} (class {record["query_label"]})</h2>\n'
+            f"<p>{_summary(record)} &middot; <a href=\"{stem}.json\">{stem}.json</a></p>\n"
+            f'<a href="{stem}_retrieval.png"><img src="{stem}_retrieval.png" alt="retrieval panel {stem}"></a>\n'
+            f'<a href="{stem}_flow.png"><img src="{stem}_flow.png" alt="matching flow {stem}"></a></section>'
+        )
+    options = ", ".join(f"{k} = {html.escape(str(v))}" for k, v in settings.items())
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>DIML explanations</title>\n"
+        "<style>body{font-family:sans-serif;margin:1em} img{max-width:100%;border:1px solid #ccc;margin:4px 0}"
+        " section{margin-bottom:2em}</style></head><body>\n"
+        f"<h1>DIML explanations of {len(records)} test queries</h1>\n<p>{options}. Each panel shows the top results "
+        "before and after DIML re-ranking (g = global cosine, s = structural similarity; green frame = same class). "
+        "Each flow shows the cell matching of the query with its top DIML result: lines by transport mass, coloured "
+        "by cell similarity; heat maps are the cell weights.</p>\n" + "\n".join(rows) + "\n</body></html>\n"
+    )

@@ -1,0 +1,75 @@
+"""write_trial_explanations: the files, their content and the index page that links them."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from explain_helpers import png_array
+
+from diml.data import build_splits
+from diml.evaluation import extract_embeddings
+from diml.explain import write_trial_explanations
+from diml.explain.trial import choose_queries
+from diml.models import build_model
+
+
+@pytest.fixture(scope="module")
+def trial_inputs():
+    """A tiny untrained model and the embeddings of a synthetic test split (4 classes x 3 images, 32 px)."""
+    torch.manual_seed(0)
+    splits = build_splits("synthetic", image_size=32, num_classes=8, images_per_class=3)
+    model = build_model("resnet18", pretrained=False, embed_dim=16, grid=2).eval()
+    embeddings = extract_embeddings(model, splits.test, batch_size=16, device="cpu")
+    return model, splits.test, embeddings
+
+
+def test_writes_figures_json_and_an_index_linking_them(tmp_path, trial_inputs):
+    model, dataset, embeddings = trial_inputs
+    paths = write_trial_explanations(model, dataset, embeddings, tmp_path / "explanations", n_queries=2, seed=3,
+                                     top=3, depth=4)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(["q00_retrieval.png", "q00_flow.png", "q00.json", "q01_retrieval.png", "q01_flow.png",
+                            "q01.json", "index.html"])
+    assert paths[-1].name == "index.html" and all(p.parent == tmp_path / "explanations" for p in paths)
+    page = paths[-1].read_text()
+    linked = set(re.findall(r'(?:src|href)="([^"]+)"', page))
+    assert {p.name for p in paths if p.suffix in (".png", ".json")} <= linked
+    assert all("/" not in link for link in linked)  # relative links only
+    labels = embeddings.labels.numpy()
+    for stem in ("q00", "q01"):
+        record = json.loads((tmp_path / "explanations" / f"{stem}.json").read_text())
+        query = record["query_index"]
+        assert record["query_id"] == dataset.image_id(query) and record["query_id"] in page
+        assert len(record["before"]) == len(record["after"]) == 3
+        for item in record["before"] + record["after"]:
+            assert item["relevant"] == (labels[item["index"]] == labels[query]) and item["index"] != query
+        top = record["top_match"]
+        assert top["ref_id"] == record["after"][0]["image_id"]
+        assert sum(map(sum, top["contributions"])) == pytest.approx(top["similarity"], abs=1e-6)
+        assert top["similarity"] == record["after"][0]["structural_score"]
+        for kind in ("retrieval", "flow"):
+            pixels = png_array(tmp_path / "explanations" / f"{stem}_{kind}.png")
+            assert pixels.std() > 20.0
+
+
+def test_queries_are_seeded_and_have_positives():
+    labels = np.array([0, 0, 1, 2, 2, 3, 4, 4, 5, 5])
+    first = choose_queries(labels, 4, seed=1)
+    assert first == choose_queries(labels, 4, seed=1) and first == sorted(first)
+    assert all(labels.tolist().count(labels[i]) > 1 for i in first)
+    assert {tuple(choose_queries(labels, 4, seed=s)) for s in range(6)} != {tuple(first)}
+    assert len(choose_queries(labels, 50, seed=0)) == 10  # fewer candidates than asked: every image
+
+
+def test_bad_inputs(tmp_path, trial_inputs):
+    model, dataset, embeddings = trial_inputs
+    with pytest.raises(ValueError, match="n_queries"):
+        write_trial_explanations(model, dataset, embeddings, tmp_path, n_queries=0)
+    no_local = embeddings._replace(local_emb=None)
+    with pytest.raises(ValueError, match="local_emb"):
+        write_trial_explanations(model, dataset, no_local, tmp_path)
+    short = embeddings._replace(global_emb=embeddings.global_emb[:3], labels=embeddings.labels[:3])
+    with pytest.raises(ValueError, match="one row per image"):
+        write_trial_explanations(model, dataset, short, tmp_path)
