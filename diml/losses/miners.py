@@ -126,11 +126,11 @@ class SofthardTripletSampler(TripletSampler):
     """Positives farther than the closest negative, negatives closer than the farthest positive (else uniform)."""
 
     def positive_log_weights(self, dist, pos, neg):
-        closest_neg = dist.masked_fill(~neg, float("inf")).min(dim=1, keepdim=True).values
+        closest_neg = dist.masked_fill(~neg, float("inf")).amin(dim=1, keepdim=True)
         return uniform_or_fallback(pos & (dist > closest_neg), pos)
 
     def negative_log_weights(self, dist, pos, neg, d_ap, dim):
-        farthest_pos = dist.masked_fill(~pos, _NEG_INF).max(dim=1, keepdim=True).values
+        farthest_pos = dist.masked_fill(~pos, _NEG_INF).amax(dim=1, keepdim=True)
         return uniform_or_fallback(neg & (dist < farthest_pos), neg)
 
 

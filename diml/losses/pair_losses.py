@@ -65,8 +65,8 @@ class MinedMultiSimilarityLoss(MultiSimilarityLoss):
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)
         sim = mat.detach()
-        hardest_pos = sim.masked_fill(~pos, float("inf")).min(dim=1, keepdim=True).values
-        hardest_neg = sim.masked_fill(~neg, float("-inf")).max(dim=1, keepdim=True).values
+        hardest_pos = sim.masked_fill(~pos, float("inf")).amin(dim=1, keepdim=True)
+        hardest_neg = sim.masked_fill(~neg, float("-inf")).amax(dim=1, keepdim=True)
         mined_pos = pos & (sim - self.margin < hardest_neg)
         mined_neg = neg & (sim + self.margin > hardest_pos)
         rows = mined_pos.any(dim=1) & mined_neg.any(dim=1)

@@ -47,11 +47,11 @@ from pytorch_metric_learning.distances import BaseDistance
 from diml import ot as diml_ot
 
 GLOBAL_SLOT = 0
-# d = sqrt(max(2 - 2 cos, this)): exact for every distance >= 1e-4 and a bounded gradient at coincident vectors.
+# Squared distances below this count as 0 (see euclidean_from_cosine): exact above 1e-4, bounded gradient at 0.
 MIN_SQUARED_DISTANCE = 1e-8
 # SNR denominators (the variance of a normalised vector) are clamped here; a constant vector has variance 0.
 MIN_VARIANCE = 1e-12
-OT_KEYS = ("eps", "marginals", "max_iter", "tol", "grad")
+OT_KEYS = ("eps", "marginals", "max_iter", "tol", "grad", "newton_steps", "check_every")
 
 
 def pack_embeddings(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,14 @@ def unpack_embeddings(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def euclidean_from_cosine(cos: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of unit vectors from their cosine: ``sqrt(max(2 - 2 cos, MIN_SQUARED_DISTANCE))``."""
-    return torch.sqrt(torch.clamp(2.0 - 2.0 * cos, min=MIN_SQUARED_DISTANCE))
+    """Euclidean distance of unit vectors from their cosine, ``sqrt(2 - 2 cos)``, safe for the gradient.
+
+    Squared distances below :data:`MIN_SQUARED_DISTANCE` (distances below 1e-4, the float32 noise level of
+    ``2 - 2 cos``) give exactly 0 with a zero gradient instead of the infinite slope of ``sqrt`` at 0.
+    """
+    squared = 2.0 - 2.0 * cos
+    apart = squared > MIN_SQUARED_DISTANCE
+    return torch.where(apart, torch.sqrt(torch.where(apart, squared, torch.ones_like(squared))), 0.0)
 
 
 def snr_matrix(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
