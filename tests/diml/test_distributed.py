@@ -1,5 +1,5 @@
 """gather_embeddings with 2 gloo processes on CPU against one process on the concatenated batch: the same loss
-value on every rank and the same gradients (embeddings, and a DDP model's parameters with loss * world_size)."""
+value on every rank, and the same gradients for a DDP-wrapped model and the loss's own parameters."""
 
 import socket
 
@@ -43,16 +43,28 @@ def run_cases(lo, hi, gather):
         value = make_loss(case)(g_all, l_all, y_all)
         value.backward()
         out[key] = (value.item(), g.grad, l.grad)
-    model = torch.nn.Linear(DIM, DIM).double()
-    torch.nn.init.eye_(model.weight)
-    torch.nn.init.zeros_(model.bias)
+    module = EmbedAndLoss()
     if gather:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    emb = model(x[lo:hi])
-    g_all, _, y_all = distributed.gather_embeddings(emb, None, labels[lo:hi]) if gather else (emb, None, labels)
-    (make_loss(CASES["margin, distance miner"])(g_all, None, y_all) * distributed.world_size()).backward()
-    out["ddp parameters"] = [p.grad for p in model.parameters()]
+        module = torch.nn.parallel.DistributedDataParallel(module)
+    module(x[lo:hi], labels[lo:hi], gather).backward()
+    out["ddp parameters"] = {name: p.grad for name, p in module.named_parameters()}
     return out
+
+
+class EmbedAndLoss(torch.nn.Module):
+    """A linear "model" and a margin loss with a learnable per-class beta in one module (as diml.engine does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Linear(DIM, DIM).double()
+        torch.nn.init.eye_(self.model.weight)
+        torch.nn.init.zeros_(self.model.bias)
+        self.loss = make_loss(CASES["margin, distance miner"])
+
+    def forward(self, x, labels, gather):
+        emb = self.model(x)
+        g_all, _, y_all = distributed.gather_embeddings(emb, None, labels) if gather else (emb, None, labels)
+        return self.loss(g_all, None, y_all)
 
 
 def worker(rank, port, folder):
@@ -87,23 +99,28 @@ def test_every_rank_sees_the_loss_of_the_concatenated_batch(two_ranks):
             assert rank_out[key][0] == pytest.approx(single[key][0], rel=1e-12), key
 
 
-def test_each_rank_gets_the_gradient_of_its_own_slice(two_ranks):
+def test_each_rank_gets_the_summed_gradient_of_its_own_slice(two_ranks):
+    """Both ranks compute the same loss; the backward all_reduce sums their gradients: 2 x the single one."""
     single = run_cases(0, N, gather=False)
     for key in CASES:
         for (lo, hi), rank_out in zip(SLICES, two_ranks):
-            torch.testing.assert_close(rank_out[key][1], single[key][1][lo:hi], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(rank_out[key][1], 2 * single[key][1][lo:hi], rtol=1e-10, atol=1e-12)
             if CASES[key].get("similarity") == "diml":
-                torch.testing.assert_close(rank_out[key][2], single[key][2][lo:hi], rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(rank_out[key][2], 2 * single[key][2][lo:hi], rtol=1e-10, atol=1e-12)
             else:  # the global loss never touches the cells
                 assert rank_out[key][2] is None and single[key][2] is None
         assert single[key][1].abs().sum() > 0
 
 
-def test_ddp_with_loss_times_world_size_matches_one_process(two_ranks):
+def test_ddp_model_and_loss_parameters_match_one_process(two_ranks):
     single = run_cases(0, N, gather=False)["ddp parameters"]
+    assert set(single) == {"model.weight", "model.bias", "loss.loss.beta"}
+    assert single["loss.loss.beta"].abs().sum() > 0
     for rank_out in two_ranks:
-        for got, expected in zip(rank_out["ddp parameters"], single):
-            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+        got = {name.removeprefix("module."): grad for name, grad in rank_out["ddp parameters"].items()}
+        assert set(got) == set(single)
+        for name, expected in single.items():
+            torch.testing.assert_close(got[name], expected, rtol=1e-10, atol=1e-12)
     assert [r["roles"] for r in two_ranks] == [(0, 2, True), (1, 2, False)]
 
 
