@@ -21,22 +21,31 @@ class MetricLoss(nn.Module):
     (``similarity="diml"``).  Learnable loss parameters (margin ``beta`` per class, proxies, class weights) are this
     module's ``parameters()``; the miner's random state is in its ``state_dict()``.
 
+    With ``mined_pairs_only`` (a structural loss that reads only the mined pairs of the distance matrix), only the
+    mined (anchor, positive) and (anchor, negative) pairs are matched: ``O(B)`` instead of ``O(B^2)`` OT problems.
+
     Attributes: ``name``, ``similarity``, ``num_classes``, ``embed_dim``, ``loss`` (the PML loss), ``miner`` (PML
-    miner or ``None``).
+    miner or ``None``), ``mined_pairs_only``.
     """
 
     def __init__(self, name: str, loss: nn.Module, miner: nn.Module | None, *, similarity: str, num_classes: int,
-                 embed_dim: int):
+                 embed_dim: int, mined_pairs_only: bool = False):
         super().__init__()
         self.name, self.similarity = name, similarity
         self.num_classes, self.embed_dim = num_classes, embed_dim
         self.loss, self.miner = loss, miner
+        self.mined_pairs_only = mined_pairs_only and similarity == "diml" and miner is not None
 
     def forward(self, global_emb: torch.Tensor, local_emb: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         self._check_inputs(global_emb, local_emb, labels)
         indices_tuple = self.miner(global_emb.detach(), labels) if self.miner is not None else None
-        embeddings = pack_embeddings(global_emb, local_emb) if self.similarity == "diml" else global_emb
-        return self.loss(embeddings, labels, indices_tuple)
+        if self.similarity == "global":
+            return self.loss(global_emb, labels, indices_tuple)
+        embeddings = pack_embeddings(global_emb, local_emb)
+        if not self.mined_pairs_only:
+            return self.loss(embeddings, labels, indices_tuple)
+        with self.loss.distance.restricted_to(*mined_pairs(indices_tuple)):
+            return self.loss(embeddings, labels, indices_tuple)
 
     def _check_inputs(self, global_emb, local_emb, labels) -> None:
         if not isinstance(global_emb, torch.Tensor) or global_emb.ndim != 2 or global_emb.shape[1] != self.embed_dim:
@@ -60,6 +69,15 @@ class MetricLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, similarity={self.similarity!r}"
+
+
+def mined_pairs(indices_tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns of the pairs a miner's tuple touches: triplets ``(a, p, n)`` or pairs ``(a1, p, a2, n)``."""
+    if len(indices_tuple) == 3:
+        anchor, positive, negative = indices_tuple
+        return torch.cat([anchor, anchor]), torch.cat([positive, negative])
+    anchor_1, positive, anchor_2, negative = indices_tuple
+    return torch.cat([anchor_1, anchor_2]), torch.cat([positive, negative])
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -116,8 +134,10 @@ def build_loss(
     loss_module = entry.factory(**resolved, num_classes=num_classes, embed_dim=embed_dim)
     if similarity == "diml":
         loss_module.distance = _structural_distance(metric, ot_options)
+    # A triplet loss with ``swap`` also reads the positive-negative distance, outside the mined pairs.
+    mined_pairs_only = entry.info.get("mined_pairs_only", False) and not resolved.get("swap", False)
     return MetricLoss(name, loss_module, miner_module, similarity=similarity, num_classes=num_classes,
-                      embed_dim=embed_dim)
+                      embed_dim=embed_dim, mined_pairs_only=mined_pairs_only)
 
 
 def _build_miner(loss_name: str, takes_miner: bool, miner: str | None, miner_params: dict | None):

@@ -9,6 +9,8 @@ benchmark) unless stated.  Each entry's ``info`` says how :func:`diml.losses.bui
   ``StructuralDistance(cell_distance="snr")``) -- or ``None`` for proxy/classification/embedding-geometry losses,
   which only run on the global embedding.
 * ``miner``: whether the loss takes a miner's indices (``False``: it selects its own pairs or uses proxies).
+* ``mined_pairs_only``: given a miner, the loss reads only the mined (anchor, positive) and (anchor, negative)
+  entries of the distance matrix, so the structural distance matches only those pairs.
 
 Every factory takes the resolved hyperparameters plus ``num_classes`` and ``embed_dim`` and returns a PML loss with
 its default (global) distance; ``build_loss`` swaps in the structural distance for ``similarity="diml"``.
@@ -45,6 +47,7 @@ _NON_NEGATIVE = number(low=0)
     },
     metric="euclidean",
     miner=True,
+    mined_pairs_only=True,
 )
 def _margin(margin, beta, nu, learn_beta, *, num_classes, embed_dim):
     """Margin loss (Wu et al. 2017): ``[d_ap - beta_y + margin]_+ + [beta_y - d_an + margin]_+`` over triplets,
@@ -61,6 +64,7 @@ def _margin(margin, beta, nu, learn_beta, *, num_classes, embed_dim):
     params={"margin": Param(0.2, _NON_NEGATIVE), "swap": Param(False, boolean), "smooth_loss": Param(False, boolean)},
     metric="euclidean",
     miner=True,
+    mined_pairs_only=True,
 )
 def _triplet(margin, swap, smooth_loss, *, num_classes, embed_dim):
     """Triplet loss ``[d_ap - d_an + margin]_+`` averaged over all given triplets (the authors' mean; PML's default
@@ -73,6 +77,7 @@ def _triplet(margin, swap, smooth_loss, *, num_classes, embed_dim):
     params={"pos_margin": Param(0.0, _NON_NEGATIVE), "neg_margin": Param(1.0, _NON_NEGATIVE)},
     metric="euclidean",
     miner=True,
+    mined_pairs_only=True,
 )
 def _contrastive(pos_margin, neg_margin, *, num_classes, embed_dim):
     """Contrastive loss: ``mean_pos [d - pos_margin]_+ + mean_neg [neg_margin - d]_+`` (the authors' means)."""
@@ -128,6 +133,7 @@ def _histogram(n_bins, *, num_classes, embed_dim):
     params={"pos_margin": Param(0.0, _NON_NEGATIVE), "neg_margin": Param(1.0, _NON_NEGATIVE)},
     metric="snr",
     miner=True,
+    mined_pairs_only=True,
 )
 def _snr(pos_margin, neg_margin, *, num_classes, embed_dim):
     """Signal-to-noise-ratio contrastive loss (Yuan et al. 2019, PML ``SignalToNoiseRatioContrastiveLoss``, mean

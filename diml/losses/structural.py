@@ -40,6 +40,9 @@ the cells; here it is whatever the model produced (``diml.models`` derives it fr
 
 from __future__ import annotations
 
+import contextlib
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import BaseDistance
@@ -80,19 +83,23 @@ def euclidean_from_cosine(cos: torch.Tensor) -> torch.Tensor:
     return torch.where(apart, torch.sqrt(torch.where(apart, squared, torch.ones_like(squared))), 0.0)
 
 
-def snr_matrix(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """PML's SNR distance ``var(x - y) / var(x)`` between every vector of ``query`` and of ``ref``, batched.
+def snr_matrix(query: torch.Tensor, ref: torch.Tensor, *, aligned: bool = False) -> torch.Tensor:
+    """PML's SNR distance ``var(x - y) / var(x)`` between vectors of normalised ``query`` and ``ref``, batched.
 
-    ``query (Nq, n, C)``, ``ref (Nr, m, C)`` (normalised vectors) -> ``(Nq, Nr, n, m)``.  With centred vectors
-    ``xc = x - mean(x)`` the ratio is ``|xc - yc|^2 / |xc|^2`` (the variance's 1/(C-1) cancels); the cross terms are
-    one matrix product over all vectors.
+    All pairs: ``query (Nq, n, C)``, ``ref (Nr, m, C)`` -> ``(Nq, Nr, n, m)``.  Aligned (``aligned=True``):
+    ``query (P, n, C)``, ``ref (P, m, C)`` -> ``(P, n, m)``.  With centred vectors ``xc = x - mean(x)`` the ratio is
+    ``|xc - yc|^2 / |xc|^2`` (the variance's 1/(C-1) cancels); the cross terms are one matrix product.
     """
     qc = query - query.mean(dim=-1, keepdim=True)
     rc = ref - ref.mean(dim=-1, keepdim=True)
-    q_sq, r_sq = (qc * qc).sum(-1), (rc * rc).sum(-1)  # (Nq, n), (Nr, m)
-    cross = torch.einsum("qic,rjc->qrij", qc, rc)
-    diff_sq = q_sq[:, None, :, None] + r_sq[None, :, None, :] - 2.0 * cross
-    return torch.clamp(diff_sq, min=0.0) / torch.clamp(q_sq, min=MIN_VARIANCE)[:, None, :, None]
+    q_sq, r_sq = (qc * qc).sum(-1), (rc * rc).sum(-1)  # (N*, n), (N*, m)
+    if aligned:
+        cross = torch.einsum("pic,pjc->pij", qc, rc)
+        q_sq, r_sq = q_sq[:, :, None], r_sq[:, None, :]
+    else:
+        cross = torch.einsum("qic,rjc->qrij", qc, rc)
+        q_sq, r_sq = q_sq[:, None, :, None], r_sq[None, :, None, :]
+    return torch.clamp(q_sq + r_sq - 2.0 * cross, min=0.0) / torch.clamp(q_sq, min=MIN_VARIANCE)
 
 
 def check_ot_options(options: dict | None) -> dict:
@@ -106,13 +113,53 @@ def check_ot_options(options: dict | None) -> dict:
     return options
 
 
+class PairTerms(NamedTuple):
+    """What a structural formula needs for a set of pairs ``P``: ``(Nq, Nr)`` (all pairs) or ``(K,)`` (aligned).
+
+    ``plan``, ``cell_sim``: ``(*P, R, R)`` from :mod:`diml.ot`; ``q_global (Nq|K, D)``, ``q_local (Nq|K, D, R)`` and
+    the same for the references; ``aligned``: whether query ``k`` pairs with reference ``k`` only.
+    """
+
+    plan: torch.Tensor
+    cell_sim: torch.Tensor
+    q_global: torch.Tensor
+    q_local: torch.Tensor
+    r_global: torch.Tensor
+    r_local: torch.Tensor
+    aligned: bool
+
+    def _unit(self, x):
+        return F.normalize(x.to(self.cell_sim.dtype), dim=1)
+
+    def global_cosine(self) -> torch.Tensor:
+        """``(*P)`` cosine of the global vectors."""
+        q, r = self._unit(self.q_global), self._unit(self.r_global)
+        return (q * r).sum(-1) if self.aligned else q @ r.T
+
+    def cell_snr(self) -> torch.Tensor:
+        """``(*P, R, R)`` SNR distance of query cell ``i`` to reference cell ``j``."""
+        q, r = self._unit(self.q_local).transpose(1, 2), self._unit(self.r_local).transpose(1, 2)
+        return snr_matrix(q, r, aligned=self.aligned)
+
+    def global_snr(self) -> torch.Tensor:
+        """``(*P)`` SNR distance of the global vectors."""
+        q, r = self._unit(self.q_global).unsqueeze(1), self._unit(self.r_global).unsqueeze(1)
+        return snr_matrix(q, r, aligned=self.aligned)[..., 0, 0]
+
+
 class _Structural(BaseDistance):
-    """Shared unpacking, shape checks and matching; subclasses turn a :class:`diml.ot.Matching` into a matrix."""
+    """Shared unpacking, shape checks and matching; subclasses turn :class:`PairTerms` into values ``(*P)``.
+
+    Inside :meth:`restricted_to` only the listed (query, reference) pairs are matched (one OT problem each, via
+    :func:`diml.ot.match_candidates`) and every other entry of the matrix is NaN: a loss that reads only mined pairs
+    (margin, triplet, contrastive, SNR with a miner) then costs ``O(pairs)`` instead of ``O(N^2)`` problems.
+    """
 
     def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.ot_options = check_ot_options(ot_options)
         self.include_global = include_global
+        self._pairs = None
 
     def check_shapes(self, query_emb, ref_emb):
         for name, emb in (("query_emb", query_emb), ("ref_emb", ref_emb)):
@@ -127,32 +174,41 @@ class _Structural(BaseDistance):
                 f"and {tuple(query_emb.shape)})"
             )
 
+    @contextlib.contextmanager
+    def restricted_to(self, rows: torch.Tensor, cols: torch.Tensor):
+        """Within the block, :meth:`compute_mat` computes only entries ``(rows[k], cols[k])`` (others NaN)."""
+        self._pairs = (rows, cols)
+        try:
+            yield self
+        finally:
+            self._pairs = None
+
     def compute_mat(self, query_emb, ref_emb):
         """``query_emb (Nq, D, R + 1)``, ``ref_emb (Nr, D, R + 1)`` -> ``(Nq, Nr)``."""
+        if self._pairs is not None:
+            return self._compute_pairs(query_emb, ref_emb, *self._pairs)
         q_global, q_local = unpack_embeddings(query_emb)
         r_global, r_local = unpack_embeddings(ref_emb)
-        matching = diml_ot.match(q_local, q_global, r_local, r_global, **self.ot_options)
-        return self.combine(matching, q_global, q_local, r_global, r_local)
+        m = diml_ot.match(q_local, q_global, r_local, r_global, **self.ot_options)
+        return self.combine(PairTerms(m.plan, m.cell_sim, q_global, q_local, r_global, r_local, aligned=False))
+
+    def _compute_pairs(self, query_emb, ref_emb, rows, cols):
+        pairs = torch.unique(torch.stack([rows, cols]), dim=1)  # (2, K) distinct pairs
+        values = self.pairwise_distance(query_emb[pairs[0]], ref_emb[pairs[1]])
+        mat = torch.full((len(query_emb), len(ref_emb)), float("nan"), dtype=values.dtype, device=values.device)
+        return mat.index_put((pairs[0], pairs[1]), values)
 
     def pairwise_distance(self, query_emb, ref_emb):
-        """Aligned pairs ``(N, D, R + 1)`` x ``(N, D, R + 1)`` -> ``(N,)``: the diagonal of :meth:`compute_mat`.
+        """Aligned pairs ``(K, D, R + 1)`` x ``(K, D, R + 1)`` -> ``(K,)`` (one OT problem per pair)."""
+        q_global, q_local = unpack_embeddings(query_emb)
+        r_global, r_local = unpack_embeddings(ref_emb)
+        m = diml_ot.match_candidates(q_local, q_global, r_local.unsqueeze(1), r_global.unsqueeze(1),
+                                     **self.ot_options)
+        return self.combine(PairTerms(m.plan[:, 0], m.cell_sim[:, 0], q_global, q_local, r_global, r_local,
+                                      aligned=True))
 
-        This matches all ``N^2`` pairs; PML's pair losses use :meth:`compute_mat` and never call it.
-        """
-        return torch.diagonal(self.compute_mat(query_emb, ref_emb))
-
-    def combine(self, matching, q_global, q_local, r_global, r_local) -> torch.Tensor:
+    def combine(self, terms: PairTerms) -> torch.Tensor:
         raise NotImplementedError  # abstract: defined by each concrete distance below
-
-
-def _unit(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """L2-normalise along the channel axis (dim 1) in ``dtype``."""
-    return F.normalize(x.to(dtype), dim=1)
-
-
-def _global_cosine(q_global: torch.Tensor, r_global: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(Nq, D)``, ``(Nr, D)`` -> cosine ``(Nq, Nr)`` in ``dtype``."""
-    return _unit(q_global, dtype) @ _unit(r_global, dtype).T
 
 
 class StructuralSimilarity(_Structural):
@@ -160,19 +216,19 @@ class StructuralSimilarity(_Structural):
 
     Args:
         ot_options: keyword options of :func:`diml.ot.match` (``eps``, ``marginals``, ``max_iter``, ``tol``,
-            ``grad``).
+            ``grad``, ``newton_steps``, ``check_every``).
         include_global: ``False`` gives ``sum_ij T_ij S_ij``.
     """
 
     def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
         super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=True, **kwargs)
 
-    def combine(self, matching, q_global, q_local, r_global, r_local):
-        plan, cell_sim = matching.plan, matching.cell_sim
+    def combine(self, terms: PairTerms) -> torch.Tensor:
+        plan, cell_sim = terms.plan, terms.cell_sim
+        structural = (plan * cell_sim).sum(dim=(-1, -2))
         if not self.include_global:
-            return torch.einsum("qrij,qrij->qr", plan, cell_sim)
-        s_global = _global_cosine(q_global, r_global, cell_sim.dtype)
-        return 0.5 * (torch.einsum("qrij,qrij->qr", plan, cell_sim) + s_global * plan.sum(dim=(2, 3)))
+            return structural
+        return 0.5 * (structural + terms.global_cosine() * plan.sum(dim=(-1, -2)))
 
 
 class StructuralDistance(_Structural):
@@ -200,18 +256,11 @@ class StructuralDistance(_Structural):
         super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=False, **kwargs)
         self.cell_distance = cell_distance
 
-    def combine(self, matching, q_global, q_local, r_global, r_local):
-        plan, cell_sim = matching.plan, matching.cell_sim
-        dtype = cell_sim.dtype
-        if self.cell_distance == "euclidean":
-            cells = euclidean_from_cosine(cell_sim)
-        else:  # cells as (N, R, C) vectors -> (Nq, Nr, R, R)
-            cells = snr_matrix(_unit(q_local, dtype).transpose(1, 2), _unit(r_local, dtype).transpose(1, 2))
-        structural = torch.einsum("qrij,qrij->qr", plan, cells)
+    def combine(self, terms: PairTerms) -> torch.Tensor:
+        euclidean = self.cell_distance == "euclidean"
+        cells = euclidean_from_cosine(terms.cell_sim) if euclidean else terms.cell_snr()
+        structural = (terms.plan * cells).sum(dim=(-1, -2))
         if not self.include_global:
             return structural
-        if self.cell_distance == "euclidean":
-            d_global = euclidean_from_cosine(_global_cosine(q_global, r_global, dtype))
-        else:
-            d_global = snr_matrix(_unit(q_global, dtype).unsqueeze(1), _unit(r_global, dtype).unsqueeze(1))[:, :, 0, 0]
+        d_global = euclidean_from_cosine(terms.global_cosine()) if euclidean else terms.global_snr()
         return 0.5 * (structural + d_global)

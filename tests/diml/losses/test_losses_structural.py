@@ -175,3 +175,42 @@ def test_packed_shapes_are_checked():
         StructuralSimilarity()(pack_embeddings(g, local), pack_embeddings(g, local[:, :, :2]))
     with pytest.raises(ValueError, match="cell_distance must be one of"):
         StructuralDistance(cell_distance="cosine")
+
+
+@pytest.mark.parametrize("name", ["margin", "triplet", "contrastive", "snr"])
+def test_mined_structural_losses_match_only_the_mined_pairs(name, monkeypatch):
+    """With a miner these losses read only mined entries: the restricted matching gives the same value and
+    gradients as the full matrix, and solves at most 2 problems per anchor."""
+    g, local, labels = batch(seed=3)
+    kwargs = dict(similarity="diml", num_classes=NUM_CLASSES, embed_dim=DIM, miner="semihard")
+    restricted, full = (build_loss(name, PARAMS.get(name), **kwargs).double() for _ in range(2))
+    assert restricted.mined_pairs_only
+    full.mined_pairs_only = False
+    grads = []
+    for loss in (full, restricted):
+        gg, ll = g.clone().requires_grad_(True), local.clone().requires_grad_(True)
+        value = loss(gg, ll, labels)
+        value.backward()
+        grads.append((value, gg.grad, ll.grad))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-9)
+
+    import diml.ot
+
+    solved = []
+    real = diml.ot.match_candidates
+
+    def counting(*args, **kw):
+        solved.append(args[0].shape[0])
+        return real(*args, **kw)
+
+    loss = build_loss(name, PARAMS.get(name), **kwargs)
+    monkeypatch.setattr(diml.ot, "match", lambda *a, **k: pytest.fail("the full matrix was matched"))
+    monkeypatch.setattr(diml.ot, "match_candidates", counting)
+    loss(g, local, labels)
+    assert 0 < solved[0] <= 2 * len(labels)
+
+
+def test_triplet_swap_reads_outside_the_mined_pairs_so_it_matches_them_all():
+    loss = build_loss("triplet", {"swap": True}, similarity="diml", num_classes=NUM_CLASSES, embed_dim=DIM,
+                      miner="random")
+    assert not loss.mined_pairs_only
