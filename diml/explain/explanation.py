@@ -174,15 +174,19 @@ class Explanation:
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             raise ValueError(f"data is not a DIML explanation of format {FORMAT_VERSION} (a dict written by "
                              "Explanation.to_dict / to_json); regenerate it with this version")
-        pairs = [CellPair(**(p | {"query_rc": tuple(p["query_rc"]), "ref_rc": tuple(p["ref_rc"])}))
-                 for p in data["top_pairs"]]
-        return cls(
-            grid=data["grid"], similarity=data["similarity"], plan=data["plan"], cell_sim=data["cell_sim"],
-            contributions=data["contributions"], query_weights=data["query_weights"],
-            ref_weights=data["ref_weights"], top_pairs=tuple(pairs), eps=data["eps"], marginals=data["marginals"],
-            global_similarity=data["global_similarity"], query_id=data["query_id"], ref_id=data["ref_id"],
-            exact_plan=data["exact_plan"], exact_similarity=data["exact_similarity"],
-        )
+        try:
+            pairs = [CellPair(**(p | {"query_rc": tuple(p["query_rc"]), "ref_rc": tuple(p["ref_rc"])}))
+                     for p in data["top_pairs"]]
+            return cls(
+                grid=data["grid"], similarity=data["similarity"], plan=data["plan"], cell_sim=data["cell_sim"],
+                contributions=data["contributions"], query_weights=data["query_weights"],
+                ref_weights=data["ref_weights"], top_pairs=tuple(pairs), eps=data["eps"],
+                marginals=data["marginals"], global_similarity=data["global_similarity"], query_id=data["query_id"],
+                ref_id=data["ref_id"], exact_plan=data["exact_plan"], exact_similarity=data["exact_similarity"],
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"data is an incomplete DIML explanation ({type(error).__name__}: {error}); pass the "
+                             "unmodified output of Explanation.to_dict / to_json") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Explanation":

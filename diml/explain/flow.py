@@ -1,9 +1,10 @@
 """The matching-flow figure of one explanation (matplotlib, Agg; no pyplot state).
 
 Top: the query (left) and the reference (right) side by side with the grid drawn and one line per matched cell pair
-(width and opacity by the transport mass ``T_ij``, colour by the cell similarity ``S_ij``), the ``top`` largest
-contributions numbered. Bottom: each image with its cell weights overlaid as a heat map, and a bar chart of the top
-part contributions ``T_ij * S_ij`` with their share of the total.
+(width and opacity by the transport mass ``T_ij``, colour by the cell similarity ``S_ij`` on the range present, see
+:func:`similarity_norm`), the ``top`` largest contributions numbered at both ends. Bottom: each image with its cell
+weights overlaid as a heat map (one colour scale for both, the weights written in percent), and a bar chart of the
+top part contributions ``T_ij * S_ij`` with their share of the total.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from matplotlib.figure import Figure
 from diml.explain.explanation import Explanation
 from diml.explain.images import display_array
 
-SIM_CMAP = "coolwarm"
-SIM_NORM = colors.Normalize(vmin=-1.0, vmax=1.0)
+SIM_CMAP = "viridis"
 HEAT_CMAP = "magma"
 GAP = 0.12  # horizontal gap between the two images, in image widths
 MIN_MASS = 0.02  # pairs carrying less than this fraction of the largest T_ij are not drawn
@@ -43,6 +43,17 @@ def save_png(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+def similarity_norm(*explanations: Explanation) -> colors.Normalize:
+    """The colour scale of ``S_ij``: from the smallest to the largest cell similarity of ``explanations``.
+
+    Trained cells are often all similar (e.g. 0.85 to 0.99); a fixed ``[-1, 1]`` scale would paint them one colour,
+    so the figures stretch the scale over the values present and the colour bar gives the numbers.
+    """
+    low = min(float(e.cell_sim.min()) for e in explanations)
+    high = max(float(e.cell_sim.max()) for e in explanations)
+    return colors.Normalize(vmin=low, vmax=max(high, low + 1e-6))
+
+
 def cell_centres(grid: int, origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0) -> np.ndarray:
     """``(R, 2)`` centres ``(x, y)`` of the cells of an image drawn on ``[x0, x0 + scale] x [y0, y0 + scale]``
     (y down; ``origin = (x0, y0)``)."""
@@ -51,20 +62,23 @@ def cell_centres(grid: int, origin: tuple[float, float] = (0.0, 0.0), scale: flo
 
 
 def draw_image(ax, image: np.ndarray, grid: int, *, origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0,
-               heat: np.ndarray | None = None, values: bool = False) -> None:
+               heat: np.ndarray | None = None, heat_range: tuple[float, float] | None = None,
+               values: bool = False) -> None:
     """Draw ``image`` on the square ``[x0, x0 + scale] x [y0, y0 + scale]`` of ``ax`` with its ``grid`` drawn.
 
     Args:
         image: ``(H, W, 3)`` float array (see :func:`~diml.explain.images.display_array`).
-        heat: ``(grid, grid)`` cell weights overlaid as a heat map (0 to their maximum), or None.
+        heat: ``(grid, grid)`` cell weights overlaid as a heat map, or None.
+        heat_range: ``(low, high)`` of the heat colour scale (default: the range of ``heat``).
         values: write each cell's weight (in percent) on it.
     """
     x0, y0 = origin
     extent = (x0, x0 + scale, y0 + scale, y0)
     ax.imshow(image, extent=extent, interpolation="nearest")
     if heat is not None:
-        ax.imshow(heat, extent=extent, cmap=HEAT_CMAP, alpha=0.55, interpolation="nearest",
-                  vmin=0.0, vmax=max(float(heat.max()), 1e-12))
+        low, high = heat_range or (float(heat.min()), float(heat.max()))
+        ax.imshow(heat, extent=extent, cmap=HEAT_CMAP, alpha=0.55, interpolation="nearest", vmin=low,
+                  vmax=max(high, low + 1e-12))
         if values:
             for (x, y), weight in zip(cell_centres(grid, origin, scale), heat.reshape(-1)):
                 ax.text(x, y, f"{100 * weight:.0f}", ha="center", va="center", fontsize=7, color="white")
@@ -75,7 +89,8 @@ def draw_image(ax, image: np.ndarray, grid: int, *, origin: tuple[float, float] 
 
 
 def draw_flow(ax, explanation: Explanation, query_image, ref_image, *, origin: tuple[float, float] = (0.0, 0.0),
-              scale: float = 1.0, top: int | None = None, numbers: bool = True, width: float = 4.0) -> None:
+              scale: float = 1.0, top: int | None = None, numbers: bool = True, width: float = 4.0,
+              norm: colors.Normalize | None = None) -> None:
     """Draw the matching flow of ``explanation`` on ``ax`` (the caller sets the limits).
 
     The query fills ``[x0, x0 + scale] x [y0, y0 + scale]`` and the reference the same square shifted right by
@@ -88,8 +103,10 @@ def draw_flow(ax, explanation: Explanation, query_image, ref_image, *, origin: t
         top: how many of ``explanation.top_pairs`` to number (default: all of them).
         numbers: write the rank of the top pairs at both ends of their lines.
         width: line width (points) of the pair with the largest mass.
+        norm: colour scale of ``S_ij`` (default :func:`similarity_norm` of this explanation).
     """
     grid = explanation.grid
+    norm = norm or similarity_norm(explanation)
     right = (origin[0] + (1.0 + GAP) * scale, origin[1])
     draw_image(ax, display_array(query_image), grid, origin=origin, scale=scale)
     draw_image(ax, display_array(ref_image), grid, origin=right, scale=scale)
@@ -100,7 +117,7 @@ def draw_flow(ax, explanation: Explanation, query_image, ref_image, *, origin: t
     rows, cols = rows[order], cols[order]
     left_c, right_c = cell_centres(grid, origin, scale), cell_centres(grid, right, scale)
     mass = plan[rows, cols] / peak
-    rgba = colormaps[SIM_CMAP](SIM_NORM(sim[rows, cols]))
+    rgba = colormaps[SIM_CMAP](norm(sim[rows, cols]))
     rgba[:, 3] = 0.2 + 0.8 * mass
     ax.add_collection(LineCollection(np.stack([left_c[rows], right_c[cols]], axis=1), colors=rgba,
                                      linewidths=0.3 + width * mass))
@@ -117,7 +134,8 @@ def _draw_contributions(ax, explanation: Explanation, top: int | None) -> None:
     values = [p.contribution for p in pairs]
     labels = [f"#{p.rank} ({p.query_rc[0]},{p.query_rc[1]})->({p.ref_rc[0]},{p.ref_rc[1]})" for p in pairs]
     y = np.arange(len(pairs))
-    ax.barh(y, values, color=colormaps[SIM_CMAP](SIM_NORM([p.cell_similarity for p in pairs])),
+    norm = similarity_norm(explanation)
+    ax.barh(y, values, color=colormaps[SIM_CMAP](norm([p.cell_similarity for p in pairs])),
             edgecolor="black", linewidth=0.5)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
@@ -172,15 +190,18 @@ def plot_matching_flow(
     flow_ax.set_aspect("equal")
     flow_ax.axis("off")
     colour_axes = fig.add_axes((0.9, 0.53, 0.012, 0.33))
-    fig.colorbar(cm.ScalarMappable(norm=SIM_NORM, cmap=SIM_CMAP), cax=colour_axes, label="cell similarity S_ij")
+    fig.colorbar(cm.ScalarMappable(norm=similarity_norm(explanation), cmap=SIM_CMAP), cax=colour_axes,
+                 label="cell similarity S_ij")
+    weights = np.concatenate([explanation.query_weights, explanation.ref_weights])
     for col, (image, heat, name) in enumerate([(query_image, explanation.query_heatmap, "query cell weights a"),
                                                (ref_image, explanation.ref_heatmap, "reference cell weights b")]):
         ax = fig.add_subplot(spec[1, col])
-        draw_image(ax, display_array(image), explanation.grid, heat=heat, values=explanation.grid <= 8)
+        draw_image(ax, display_array(image), explanation.grid, heat=heat, values=explanation.grid <= 8,
+                   heat_range=(float(weights.min()), float(weights.max())))
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(1.0, 0.0)
         ax.axis("off")
-        ax.set_title(f"{name} (%)", fontsize=9)
+        ax.set_title(f"{name} (%, shared colour scale)", fontsize=9)
     _draw_contributions(fig.add_subplot(spec[1, 2]), explanation, top)
     fig.suptitle(_title(explanation), fontsize=10)
     return save_png(fig, path)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 from matplotlib.patches import Rectangle
 
-from diml.explain.flow import GAP, draw_flow, draw_image, figure_of_size, save_png
+from diml.explain.flow import GAP, draw_flow, draw_image, figure_of_size, save_png, similarity_norm
 from diml.explain.images import display_array
 from diml.explain.retrieval import QueryRanking, RankedItem
 
@@ -71,6 +71,7 @@ def plot_retrieval_panel(
     ax = fig.add_axes((0.005, 0.0, 0.99, 0.93))
     query = display_array(query_image)
     cached: dict[int, object] = {}
+    norm = similarity_norm(*(i.explanation for i in ranking.before + ranking.after))  # one scale for all thumbnails
     sections = [("global ranking", ranking.before, False),
                 (f"DIML re-ranking (top {ranking.depth})", ranking.after, True)]
     for block, (name, items, reranked) in enumerate(sections):
@@ -78,7 +79,7 @@ def plot_retrieval_panel(
         draw_image(ax, query, 1, origin=(0.0, y))
         _frame(ax, 0.0, y, "black")
         ax.text(0.5, y - 0.04, f"query\n{name}", ha="center", va="bottom", fontsize=9, fontweight="bold")
-        ax.text(0.5, y + 1.06 + THUMB / 2, "matching flow\n(query left; width T,\ncolour S)", ha="center",
+        ax.text(0.5, y + 1.06 + THUMB / 2, "matching flow\n(query left; width T,\ncolour S, shared scale)", ha="center",
                 va="center", fontsize=7)
         for col, item in enumerate(items, start=1):
             if item.index not in cached:
@@ -90,7 +91,7 @@ def plot_retrieval_panel(
                 _frame(ax, x, y, RELEVANT if flag else IRRELEVANT)
             ax.text(x + 0.5, y - 0.04, _result_title(item, col, reranked), ha="center", va="bottom", fontsize=8)
             draw_flow(ax, item.explanation, query, cached[item.index], origin=(x, y + 1.06), scale=THUMB,
-                      numbers=False, width=1.5)
+                      numbers=False, width=1.5, norm=norm)
     ax.set_xlim(-0.05, count * PITCH + 1.05)
     ax.set_ylim(2 * SECTION, 0.0)
     ax.set_aspect("equal")

@@ -130,6 +130,8 @@ def test_from_json_rejects_other_data():
         Explanation.from_json("{not json")
     with pytest.raises(ValueError, match="format"):
         Explanation.from_json(json.dumps({"grid": 2}))
+    with pytest.raises(ValueError, match="incomplete"):
+        Explanation.from_json(json.dumps({"format": 1, "grid": 2}))
 
 
 def test_bad_inputs_name_the_argument():
