@@ -12,7 +12,7 @@ Training Strategies and Generalization Performance in Deep Metric Learning", ICM
   (:math:`d_{ap} > \min_n d_{an}`), else a uniform positive; a uniform negative among those closer than the anchor's
   farthest positive (:math:`d_{an} < \max_p d_{ap}`), else a uniform negative.
 * ``distance`` -- distance-weighted sampling (Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV 2017,
-  Eq. 4): a uniform positive and a negative drawn with probability :math:`\propto q(d)^{-1}`,
+  Sec. 4): a uniform positive and a negative drawn with probability :math:`\propto q(d)^{-1}`,
   :math:`\log q(d)^{-1} = (2 - n)\log d - \tfrac{n - 3}{2}\log(1 - d^2/4)` for embedding dimension :math:`n`, with
   :math:`d` clamped below at ``lower_cutoff`` (0.5); negatives beyond ``upper_cutoff`` are excluded when it is set
   (the authors leave it off).  The authors hard-code :math:`n = 128`; we use the embedding's dimension.

@@ -35,7 +35,7 @@ def element_losses(name: str, losses: torch.Tensor) -> dict:
 
 
 class MinedMultiSimilarityLoss(MultiSimilarityLoss):
-    r"""Multi-similarity loss with its pair mining, as in the DIML paper (Wang et al., CVPR 2019, Eqs. 3-4 and 7).
+    r"""Multi-similarity loss with its pair mining, as in the DIML paper (Wang et al., CVPR 2019, Sec. 3-4).
 
     For anchor :math:`i` with positives :math:`P_i` and negatives :math:`N_i` (similarities :math:`s`), mining keeps
     :math:`\tilde N_i = \{n : s_{in} + m > \min_{p \in P_i} s_{ip}\}` and
@@ -95,7 +95,7 @@ class GeneralizedLiftedLoss(GeneralizedLiftedStructureLoss):
 
 
 class QuadrupletLoss(BaseMetricLossFunction):
-    r"""Quadruplet loss (Chen et al., "Beyond Triplet Loss", CVPR 2017, Eq. 3), batched over all fourth samples.
+    r"""Quadruplet loss (Chen et al., "Beyond Triplet Loss", CVPR 2017, Sec. 3), batched over all fourth samples.
 
     For each triplet :math:`(a, p, n)` (from the miner, else all triplets) and every sample :math:`m` whose label
     differs from both the anchor's and the negative's:
@@ -153,7 +153,7 @@ class BoundedHistogramLoss(HistogramLoss):
 
 
 class NormalizedAngularLoss(AngularLoss):
-    """PML's angular loss (Wang et al., ICCV 2017, Eq. 8) on L2-normalised embeddings.  PML normalises the anchors
+    """PML's angular loss (Wang et al., "Deep Metric Learning with Angular Loss", ICCV 2017) on L2-normalised embeddings.  PML normalises the anchors
     and positives but multiplies by the raw negatives, so unnormalised model outputs would change its value."""
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):

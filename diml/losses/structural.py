@@ -13,7 +13,7 @@ For a query ``q`` and a reference ``r`` with cells ``q_i``, ``r_j``, :func:`diml
 :math:`S_{ij} = \cos(q_i, r_j)` and the optimal-transport plan :math:`T` (cross-attention marginals by default,
 constant for the gradient by default).  With :math:`s_g = \cos(q_g, r_g)`:
 
-* :class:`StructuralSimilarity` (inverted; the multi-similarity-DIML similarity, paper Eq. 9 with Eq. 5):
+* :class:`StructuralSimilarity` (inverted; the similarity of the paper's multi-similarity-DIML training loss):
 
   .. math:: s(q, r) = \sum_{ij} T_{ij}\,\frac{S_{ij} + s_g}{2}
 

@@ -309,7 +309,7 @@ def normalized_softmax(x, weights, labels, temperature):
 
 
 def softtriple(x, fc, labels, centers, la, gamma, margin_, reg_weight):
-    """Qian et al. 2019 (Eq. 5-7) plus reg_weight x mean over same-class centre pairs of sqrt(2 - 2 cos)/2."""
+    """Qian et al. 2019 (SoftTriple) plus reg_weight x mean over same-class centre pairs of sqrt(2 - 2 cos)/2."""
     xs, ws = [unit(v) for v in x], [unit(w) for w in np.asarray(fc).T]
     n_classes = len(ws) // centers
     losses = []
