@@ -1,12 +1,12 @@
 """Explanation artifacts of a trained model on its test split: figures, JSON and an ``index.html`` showing them.
 
 The pipeline calls :func:`write_trial_explanations` from the rank-0 worker at the end of a trial and logs the folder
-to MLflow; the page uses relative links only, so it renders in the MLflow artifact viewer and from a plain folder.
+to MLflow. The page (:mod:`diml.explain.page`) carries its figures inline, so it renders in the MLflow artifact viewer
+(which shows HTML from a blob URL, where relative image links cannot resolve) as well as from a plain folder.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import pathlib
@@ -17,6 +17,7 @@ import torch
 
 from diml.explain.flow import plot_matching_flow
 from diml.explain.images import unwrap_model
+from diml.explain.page import index_html
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import QueryRanking, RankedItem, rank_query
 
@@ -135,39 +136,5 @@ def write_trial_explanations(
         written += [panel, flow, record_path]
         records.append((stem, record))
     index = out / INDEX
-    index.write_text(index_html(records, {"eps": eps, "marginals": marginals, "depth": depth, "seed": seed}))
+    index.write_text(index_html(records, {"eps": eps, "marginals": marginals, "depth": depth, "seed": seed}, out))
     return written + [index]
-
-
-def _summary(record: dict[str, Any]) -> str:
-    def first(items):
-        item = items[0]
-        mark = "relevant" if item["relevant"] else "not relevant"
-        return (f"{html.escape(str(item['image_id']))} ({mark}; g {item['global_score']:.3f}, "
-                f"s {item['structural_score']:.3f})")
-
-    return f"top result, global: {first(record['before'])}<br>top result, DIML: {first(record['after'])}"
-
-
-def index_html(records: list[tuple[str, dict[str, Any]]], settings: dict[str, Any]) -> str:
-    """The page showing every query's panel and flow (relative links to ``<stem>_retrieval.png``,
-    ``<stem>_flow.png``, ``<stem>.json``)."""
-    rows = []
-    for stem, record in records:
-        name = html.escape(str(record["query_id"]))
-        rows.append(
-            f'<section><h2>{stem}: query {name} (class {record["query_label"]})</h2>\n'
-            f"<p>{_summary(record)} &middot; <a href=\"{stem}.json\">{stem}.json</a></p>\n"
-            f'<a href="{stem}_retrieval.png"><img src="{stem}_retrieval.png" alt="retrieval panel {stem}"></a>\n'
-            f'<a href="{stem}_flow.png"><img src="{stem}_flow.png" alt="matching flow {stem}"></a></section>'
-        )
-    options = ", ".join(f"{k} = {html.escape(str(v))}" for k, v in settings.items())
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>DIML explanations</title>\n"
-        "<style>body{font-family:sans-serif;margin:1em} img{max-width:100%;border:1px solid #ccc;margin:4px 0}"
-        " section{margin-bottom:2em}</style></head><body>\n"
-        f"<h1>DIML explanations of {len(records)} test queries</h1>\n<p>{options}. Each panel shows the top results "
-        "before and after DIML re-ranking (g = global cosine, s = structural similarity; green frame = same class). "
-        "Each flow shows the cell matching of the query with its top DIML result: lines by transport mass, coloured "
-        "by cell similarity; heat maps are the cell weights.</p>\n" + "\n".join(rows) + "\n</body></html>\n"
-    )

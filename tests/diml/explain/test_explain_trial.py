@@ -1,5 +1,7 @@
 """write_trial_explanations: the files, their content and the index page that links them."""
 
+import base64
+import io
 import json
 import re
 
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from explain_helpers import png_array
+from PIL import Image
 
 from diml.data import build_splits
 from diml.evaluation import extract_embeddings
@@ -34,9 +37,15 @@ def test_writes_figures_json_and_an_index_linking_them(tmp_path, trial_inputs):
                             "q01.json", "index.html"])
     assert paths[-1].name == "index.html" and all(p.parent == tmp_path / "explanations" for p in paths)
     page = paths[-1].read_text()
-    linked = set(re.findall(r'(?:src|href)="([^"]+)"', page))
+    linked = set(re.findall(r'href="([^"]+)"', page))
     assert {p.name for p in paths if p.suffix in (".png", ".json")} <= linked
     assert all("/" not in link for link in linked)  # relative links only
+    # each figure is also inline (MLflow's viewer shows HTML from a blob: URL, where relative images cannot load)
+    inline = re.findall(r'<a href="([^"]+)"><img src="data:image/jpeg;base64,([^"]+)"', page)
+    assert sorted(name for name, _ in inline) == sorted(p.name for p in paths if p.suffix == ".png")
+    for name, encoded in inline:
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.format == "JPEG" and image.size == Image.open(tmp_path / "explanations" / name).size
     labels = embeddings.labels.numpy()
     for stem in ("q00", "q01"):
         record = json.loads((tmp_path / "explanations" / f"{stem}.json").read_text())
