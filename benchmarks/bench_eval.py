@@ -92,11 +92,12 @@ def per_query_loop(glob, labels, local, queries: int, depth: int, similarity):
 
 
 def ours_first_queries(glob, labels, local, queries: int, depth: int, similarity):
-    """Our per-query metrics for the first ``queries`` queries (the first chunk of :func:`iter_rankings`)."""
+    """Our per-query metrics for the first ``queries`` queries (``iter_rankings`` restricted to them)."""
     cutoff = class_sizes(labels) - 1
     length = min(len(labels) - 1, max(depth, max(KS), int(cutoff.max())))
-    query_index, rankings = next(iter_rankings(glob, local, length=length, depths=(depth,), similarity=similarity,
-                                               query_chunk=queries))
+    subset = torch.arange(queries, device=glob.device)
+    ((query_index, rankings),) = iter_rankings(glob, local, length=length, depths=(depth,), similarity=similarity,
+                                               query_chunk=queries, queries=subset)
     match = labels[rankings[f"diml@{depth}"]] == labels[query_index][:, None]
     return {name: v.tolist() for name, v in ranking_metrics(match, cutoff[query_index], KS).items()}
 
@@ -106,7 +107,7 @@ def _sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", query_chunk=None,
+def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", query_chunk=None, pair_chunk=None,
                   ot_options=None) -> list[dict]:
     """Ours (end to end, all n queries) vs the loop (``loop_queries`` queries, extrapolated); metrics compared."""
     device = torch.device(device)
@@ -116,19 +117,19 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     _sync(device)  # warm-up above: first-call allocations and kernels
     start = time.perf_counter()
     ours = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                    candidate_similarity=similarity)
+                    pair_chunk=pair_chunk, candidate_similarity=similarity)
     _sync(device)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     multi = evaluate(glob, labels, local, depths=(10, 50, depth), ks=KS, nmi=False, query_chunk=query_chunk,
-                     candidate_similarity=similarity)
+                     pair_chunk=pair_chunk, candidate_similarity=similarity)
     _sync(device)
     multi_s = time.perf_counter() - start
     loop, loop_s = per_query_loop(glob, labels, local, loop_queries, depth, similarity)
     mine = ours_first_queries(glob, labels, local, loop_queries, depth, similarity)
     gap = max(abs(a - b) for name in loop for a, b in zip(loop[name], mine[name]))
     loop_total = loop_s * n / loop_queries
-    common = {"bench": "eval", "device": str(device), "images": n, "K": depth}
+    common = {"bench": "eval", "device": str(device), "threads": torch.get_num_threads(), "images": n, "K": depth}
     return [
         common | {"case": f"ours diml@{depth}", "seconds": ours_s, "speedup": loop_total / ours_s,
                   "R@1": ours[f"diml@{depth}"]["R@1"], "MAP@R": ours[f"diml@{depth}"]["MAP@R"],
@@ -139,7 +140,7 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     ]
 
 
-def bench_sop(device="cpu", depth: int = 100, query_chunk=None, ot_options=None) -> dict:
+def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None, ot_options=None) -> dict:
     """60,502 random queries at K = ``depth``: seconds and peak memory (RSS, and CUDA allocator on a GPU)."""
     device = torch.device(device)
     glob, labels, local = (t.to(device) for t in synthetic_gallery(SOP_IMAGES, structured=False))
@@ -148,7 +149,7 @@ def bench_sop(device="cpu", depth: int = 100, query_chunk=None, ot_options=None)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                      candidate_similarity=default_similarity(**(ot_options or {})))
+                      pair_chunk=pair_chunk, candidate_similarity=default_similarity(**(ot_options or {})))
     _sync(device)
     row = {"bench": "eval", "device": str(device), "case": f"SOP scale {SOP_IMAGES} queries, K={depth}",
            "images": SOP_IMAGES, "K": depth, "seconds": time.perf_counter() - start, "inputs_MiB": inputs_mb,
@@ -161,8 +162,8 @@ def bench_sop(device="cpu", depth: int = 100, query_chunk=None, ot_options=None)
 
 def _sop_in_child(device: str) -> dict:
     """Run :func:`bench_sop` in a fresh process so its peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "--sop-child", "--device", device], check=True,
-                         capture_output=True, text=True)
+    command = [sys.executable, __file__, "--sop-child", "--device", device, "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -185,8 +186,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 images instead of 10,000")
     parser.add_argument("--sop", action="store_true", help="also 60,502 random queries (slow on a CPU)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--sop-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.sop_child:
         print(json.dumps(bench_sop(args.device)))
         return

@@ -27,8 +27,8 @@ def main() -> None:
         raise SystemExit("gpu_eval.py needs a CUDA device: run bench_eval.py on a CPU")
     start = time.perf_counter()
     rows = [{"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}]
-    rows += bench_eval.bench_gallery(10_000, 200, device="cuda", query_chunk=1024)
-    rows.append(bench_eval.bench_sop("cuda", query_chunk=1024))
+    rows += bench_eval.bench_gallery(10_000, 200, device="cuda", query_chunk=1024, pair_chunk=65536)
+    rows.append(bench_eval.bench_sop("cuda", query_chunk=1024, pair_chunk=65536))
     rows.append({"total_seconds": time.perf_counter() - start})
     for row in rows:
         print(json.dumps(row))

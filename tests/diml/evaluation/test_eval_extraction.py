@@ -40,7 +40,8 @@ def _rank_main(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
-        result = extract_embeddings(_TinyModel(), _dataset(), batch_size=2, device="cpu")
+        model = torch.nn.parallel.DistributedDataParallel(_TinyModel())  # unwrapped by extract_embeddings
+        result = extract_embeddings(model, _dataset(), batch_size=2, device="cpu")
         torch.save(None if result is None else result._asdict(), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
