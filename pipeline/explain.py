@@ -50,7 +50,7 @@ def download_checkpoint(uri: str, run_id: str, folder: str | pathlib.Path) -> pa
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 after printing a one-line error)."""
     args = build_parser().parse_args(argv)
-    uri = args.tracking_uri or tracking.resolve_tracking_uri(None)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, explicit=True)
     with tempfile.TemporaryDirectory(prefix="diml-explain-") as folder:
         try:
             args.checkpoint = str(download_checkpoint(uri, args.run_id, folder))

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="report", help="output folder (default ./report)")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     args = parser.parse_args(argv)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri, explicit=True)
     try:
         tracking.check_reachable(uri)
         parent, runs = runs_for(uri, args.experiment, args.parent_run)

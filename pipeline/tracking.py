@@ -31,14 +31,16 @@ class TrackingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------------ the store
-def resolve_tracking_uri(spec_uri: str | None, cwd: str | os.PathLike | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` > ``tracking.uri`` > ``sqlite:///<cwd>/mlflow.db``, made absolute.
+def resolve_tracking_uri(spec_uri: str | None, cwd: str | os.PathLike | None = None, *, explicit: bool = False) -> str:
+    """``$MLFLOW_TRACKING_URI`` > ``tracking.uri`` > ``sqlite:///<cwd>/mlflow.db``, made absolute; with
+    ``explicit`` (a command-line flag) ``spec_uri`` wins over the environment.
 
     Trials run with their working directory inside Ray's session folder, so a relative store would silently write
     throw-away databases there: every local path is resolved against the launcher's working directory.
     """
     cwd = pathlib.Path(cwd or os.getcwd()).resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or "sqlite:///mlflow.db"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = (spec_uri or env if explicit else env or spec_uri) or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
         if not path.startswith("/"):

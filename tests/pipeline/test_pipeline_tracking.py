@@ -15,6 +15,9 @@ def test_resolve_tracking_uri_is_absolute(tmp_path, monkeypatch):
     assert tracking.resolve_tracking_uri("http://h:5000", cwd=tmp_path) == "http://h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:5000")
     assert tracking.resolve_tracking_uri("sqlite:///ignored.db", cwd=tmp_path) == "http://server:5000"
+    assert tracking.resolve_tracking_uri("sqlite:///flag.db", cwd=tmp_path, explicit=True) == \
+        f"sqlite:///{tmp_path}/flag.db"
+    assert tracking.resolve_tracking_uri(None, cwd=tmp_path, explicit=True) == "http://server:5000"
 
 
 def test_flatten_gives_stable_dotted_names():
