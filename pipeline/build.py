@@ -93,4 +93,5 @@ def evaluation_options(spec: RunSpec) -> dict[str, Any]:
     e = spec.evaluation
     ot = ot_options(e.ot)
     return {"depths": tuple(e.depths), "ks": tuple(e.ks), "r_includes_query": e.r_includes_query,
-            "eps": ot["eps"], "marginals": ot["marginals"]}
+            "eps": ot["eps"], "marginals": ot["marginals"],
+            "ot_options": {"max_iter": ot["max_iter"], "tol": ot["tol"]}, "seed": spec.seed}

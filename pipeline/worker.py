@@ -95,7 +95,7 @@ def evaluate_split(train_module, dataset, ctx: Context):
     model.train(was_training)
     if ctx.rank != 0:
         return None, None
-    results = evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb,
+    results = evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb, device=ctx.device,
                        **build.evaluation_options(ctx.spec))
     return results, embeddings
 
