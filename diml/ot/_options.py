@@ -40,15 +40,18 @@ def _check_int(name, value, *, minimum, example) -> None:
         raise ValueError(f"{name} must be an int >= {minimum} (got {value!r}); pass e.g. {example}")
 
 
-def check_tensor(name: str, value, ndim: int, shape_doc: str) -> None:
-    """Check that ``value`` is a floating tensor with ``ndim`` dimensions and no zero-sized axis."""
+def check_tensor(name: str, value, ndim: int, shape_doc: str, batch_dims: int = 1) -> None:
+    """Check that ``value`` is a floating tensor with ``ndim`` dimensions and non-empty cell/channel axes.
+
+    The ``batch_dims`` leading (batch) axes may be empty; the others may not.
+    """
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {shape_doc} (got {type(value).__name__})")
     if value.ndim != ndim:
         raise ValueError(f"{name} must have shape {shape_doc} (got shape {tuple(value.shape)})")
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor (got dtype {value.dtype}); convert it with .float()")
-    if value.numel() == 0 and ndim > 0 and any(s == 0 for s in value.shape[-2:] if ndim >= 2):
+    if any(size == 0 for size in value.shape[batch_dims:]):
         raise ValueError(f"{name} must not have an empty cell/channel axis (got shape {tuple(value.shape)})")
 
 

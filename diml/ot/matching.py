@@ -69,8 +69,8 @@ def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
     _options.check_tensor("q_global", q_global, 2, "(Nq, C)")
     nq, c, r = q_local.shape
     if candidates:
-        _options.check_tensor("c_local", r_local, 4, "(Nq, K, C, R)")
-        _options.check_tensor("c_global", r_global, 3, "(Nq, K, C)")
+        _options.check_tensor("c_local", r_local, 4, "(Nq, K, C, R)", batch_dims=2)
+        _options.check_tensor("c_global", r_global, 3, "(Nq, K, C)", batch_dims=2)
         want_local, want_global = (nq, r_local.shape[1], c, r), (nq, r_local.shape[1], c)
         names = ("c_local", "c_global", "(Nq, K, C, R)", "(Nq, K, C)")
     else:

@@ -1,0 +1,72 @@
+"""Memory-bounded similarity matrices: equal to the Matching similarities, independent of the chunking."""
+
+import pytest
+import torch
+from ot_testkit import near_duplicates, random_images
+
+from diml.ot import match, match_candidates, structural_similarity, structural_similarity_candidates
+
+
+def _images():
+    query = random_images(5, channels=16, cells=9, seed=30)
+    ref = random_images(7, channels=16, cells=9, seed=31)
+    # Make a few pairs near-duplicates so that some chunks need the Newton polish and others do not.
+    dup = near_duplicates((query[0][:3], query[1][:3]), 0.05)
+    return query, (torch.cat([dup[0], ref[0]]), torch.cat([dup[1], ref[1]]))
+
+
+@pytest.mark.parametrize("marginals", ["cross_attention", "uniform"])
+def test_all_pairs_similarity_equals_match_for_every_chunk_size(marginals):
+    query, ref = _images()
+    expected = match(*query, *ref, marginals=marginals, tol=1e-12).similarity
+    for chunk_size in (1, 4, 10, 11, 35, 10_000):
+        got = structural_similarity(*query, *ref, marginals=marginals, tol=1e-12, chunk_size=chunk_size)
+        assert got.shape == (5, 10) and got.dtype == torch.float64
+        assert float((got - expected).abs().max()) <= 1e-12, chunk_size
+
+
+def test_float32_chunking_changes_nothing_beyond_rounding():
+    query, ref = _images()
+    q32, r32 = tuple(t.float() for t in query), tuple(t.float() for t in ref)
+    whole = structural_similarity(*q32, *r32, chunk_size=10_000)
+    for chunk_size in (3, 17):
+        assert float((structural_similarity(*q32, *r32, chunk_size=chunk_size) - whole).abs().max()) <= 1e-6
+
+
+def test_candidates_similarity_equals_all_pairs_and_match_candidates():
+    query, ref = _images()
+    full = structural_similarity(*query, *ref, tol=1e-12)
+    pick = torch.tensor([[0, 4, 9], [1, 1, 2], [9, 8, 7], [3, 0, 5], [2, 6, 1]])
+    c_local, c_global = ref[0][pick], ref[1][pick]
+    expected = full[torch.arange(5).unsqueeze(1), pick]
+    assert float((match_candidates(*query, c_local, c_global, tol=1e-12).similarity - expected).abs().max()) <= 1e-12
+    for chunk_size in (1, 3, 7, 1000):
+        got = structural_similarity_candidates(*query, c_local, c_global, tol=1e-12, chunk_size=chunk_size)
+        assert got.shape == (5, 3) and float((got - expected).abs().max()) <= 1e-12, chunk_size
+
+
+def test_gradient_flows_through_chunks():
+    query, ref = _images()
+    q_local = query[0].clone().requires_grad_(True)
+    sim = structural_similarity(q_local, query[1], *ref, chunk_size=4)
+    (grad,) = torch.autograd.grad(sim.sum(), q_local)
+    (expected,) = torch.autograd.grad(match(q_local, query[1], *ref).similarity.sum(), q_local)
+    assert torch.allclose(grad, expected, atol=1e-10)
+
+
+def test_empty_inputs_give_empty_matrices():
+    query, ref = _images()
+    assert structural_similarity(query[0][:0], query[1][:0], *ref).shape == (0, 10)
+    assert structural_similarity(*query, ref[0][:0], ref[1][:0]).shape == (5, 0)
+    assert structural_similarity_candidates(*query, ref[0][:0].expand(5, 0, 16, 9), ref[1][:0].expand(5, 0, 16)
+                                            ).shape == (5, 0)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+def test_bad_chunk_size_raises(chunk_size):
+    query, ref = _images()
+    with pytest.raises(ValueError, match="chunk_size"):
+        structural_similarity(*query, *ref, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match="chunk_size"):
+        structural_similarity_candidates(*query, ref[0][:2].expand(5, 2, 16, 9), ref[1][:2].expand(5, 2, 16),
+                                         chunk_size=chunk_size)
