@@ -115,14 +115,14 @@ class SyntheticParts:
         kinds = rng.choice(len(SHAPES) * len(PALETTE) * len(TEXTURES), size=self.parts_per_class, replace=False)
         centres: list[np.ndarray] = []
         while len(centres) < self.parts_per_class:
-            c = rng.uniform(0.27, 0.73, size=2)
-            if all(np.linalg.norm(c - o) >= 0.26 for o in centres) or rng.random() < 0.01:
+            c = rng.uniform(0.25, 0.75, size=2)
+            if all(np.linalg.norm(c - o) >= 0.3 for o in centres) or rng.random() < 0.01:
                 centres.append(c)
         parts = []
         for kind, (x, y) in zip(kinds, centres):
             shape, rest = divmod(int(kind), len(PALETTE) * len(TEXTURES))
             colour, texture = divmod(rest, len(TEXTURES))
-            parts.append(Part(shape, colour, texture, float(x), float(y), float(rng.uniform(0.10, 0.13))))
+            parts.append(Part(shape, colour, texture, float(x), float(y), float(rng.uniform(0.125, 0.16))))
         return parts
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:

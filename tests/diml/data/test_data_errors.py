@@ -112,3 +112,11 @@ def test_bad_arguments(tmp_path):
         build_splits("synthetic", image_size=4)
     with pytest.raises(ValueError, match="crop_scale"):
         build_splits("synthetic", image_size=16, crop_scale=(0.5, 2.0))
+
+
+def test_dataset_registry_rejects_a_duplicate_name():
+    from diml.data import list_datasets, register_dataset
+
+    assert list_datasets() == ["cars196", "cub200", "folder", "sop", "synthetic"]
+    with pytest.raises(ValueError, match="'cub200' is already registered"):
+        register_dataset("cub200", lambda root, **kw: None)

@@ -54,7 +54,7 @@ def test_classes_have_distinct_parts_spread_apart():
         parts = gen.class_parts(c)
         assert len(parts) == 3 and len({(p.shape, p.colour, p.texture) for p in parts}) == 3
         for p in parts:
-            assert 0.27 <= p.x <= 0.73 and 0.27 <= p.y <= 0.73
+            assert 0.25 <= p.x <= 0.75 and 0.25 <= p.y <= 0.75
         signatures.add(tuple(sorted((p.shape, p.colour, p.texture) for p in parts)))
     assert len(signatures) == 48
 

@@ -23,13 +23,17 @@ def test_registry_lists_every_backbone_and_rejects_unknown_and_duplicate_names()
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_backbone_builds_and_returns_diml_shapes(name):
     torch.manual_seed(0)
-    model = build_model(name, embed_dim=8, grid=3).eval()
+    model = build_model(name, embed_dim=8, grid=3)
     side = 80 if name == "inception_v3" else 32
-    with torch.no_grad():
-        global_emb, local_emb = model(torch.randn(2, 3, side, side))
-        cells = model.cell_embeddings(torch.randn(1, 3, side, side))
-    assert global_emb.shape == (2, 8) and local_emb.shape == (2, 8, 9) and cells.shape == (1, 8, 3, 3)
+    global_emb, local_emb = model(torch.randn(2, 3, side, side))
+    assert global_emb.shape == (2, 8) and local_emb.shape == (2, 8, 9)
     assert torch.isfinite(global_emb).all() and torch.isfinite(local_emb).all()
+    (global_emb.square().sum() + local_emb.square().sum()).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert unused == []  # DDP without find_unused_parameters needs every parameter in the graph
+    with torch.no_grad():
+        cells = model.eval().cell_embeddings(torch.randn(1, 3, side, side))
+    assert cells.shape == (1, 8, 3, 3)
     assert model.head.in_features == get_backbone_entry(name).out_channels
     assert not any(k.startswith(("fc.", "heads.", "aux", "AuxLogits")) for k in model.backbone.state_dict())
 
