@@ -101,7 +101,7 @@ def _cars_mat_records(mat_path: Path):
         paths = [str(p) for p in annotations["relative_im_path"]]
         classes = [int(c) for c in annotations["class"]]
         class_names = [str(n) for n in np.atleast_1d(mat["class_names"])]
-    except (KeyError, ValueError, TypeError, OSError) as err:
+    except (KeyError, ValueError, TypeError, OSError, NotImplementedError) as err:  # v7.3 (HDF5) raises the last
         raise ValueError(f"cannot read {str(mat_path)!r} as the Cars196 cars_annos.mat (fields annotations"
                          f"[relative_im_path, class] and class_names): {err}") from None
     names = {c: (class_names[c - 1] if 0 < c <= len(class_names) else f"class_{c}") for c in set(classes)}

@@ -24,8 +24,9 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     ``labels: (N,)`` ints. ``drop_last=True`` drops the leftover chunks that cannot fill P distinct classes and
     truncates the batch list to a multiple of ``num_replicas``; ``drop_last=False`` yields the leftovers as
-    final, smaller batches (one chunk of M images from each class that has chunks left) and pads the list by repeating its first batches so that all
-    ranks get the same count. Call :meth:`set_epoch` before each epoch.
+    final, smaller batches (one chunk of M images from each class that has chunks left) and pads the list by
+    repeating its first batches so that all ranks get the same count. Call :meth:`set_epoch` before each epoch.
+    Classes with fewer than M images contribute one chunk per epoch, filled by sampling with replacement.
     """
 
     def __init__(self, labels, batch_size: int, images_per_class: int, *, num_replicas: int = 1, rank: int = 0,

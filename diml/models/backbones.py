@@ -222,6 +222,7 @@ def load_backbone_weights(backbone: nn.Module, entry: BackboneEntry, path: str) 
     Every backbone parameter and buffer must be in the file; extra keys are accepted only under the dropped
     classifier heads (``entry.dropped``).
     """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist; pass the path of a saved state dict")
     state = torch.load(path, map_location="cpu", weights_only=True)

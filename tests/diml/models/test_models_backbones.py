@@ -41,7 +41,8 @@ def test_every_backbone_builds_and_returns_diml_shapes(name):
 def test_cnn_global_input_matches_torchvision_pooled_features_with_googlenet_input_transform(tmp_path):
     """Independent reference: torchvision's own forward with the classifier replaced by the identity."""
     torch.manual_seed(0)
-    for name, kwargs in (("resnet18", {}), ("googlenet", {"aux_logits": True, "transform_input": True, "init_weights": True})):
+    googlenet_kwargs = {"aux_logits": True, "transform_input": True, "init_weights": True}
+    for name, kwargs in (("resnet18", {}), ("googlenet", googlenet_kwargs)):
         reference = torchvision.models.get_model(name, weights=None, **kwargs).eval()
         path = tmp_path / f"{name}.pth"
         torch.save(reference.state_dict(), path)  # a torchvision checkpoint (googlenet's has aux heads)
@@ -104,7 +105,8 @@ def test_pretrained_goes_through_torchvision_weights_api(tmp_path, monkeypatch):
     torch.save(source.state_dict(), cache / weights.url.rsplit("/", 1)[1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model = build_model("resnet18", pretrained=True)
-    assert torch.equal(model.backbone.state_dict()["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+    key = "layer4.1.conv2.weight"
+    assert torch.equal(model.backbone.state_dict()[key], source.state_dict()[key])
 
 
 def test_a_new_backbone_can_be_registered(monkeypatch):
