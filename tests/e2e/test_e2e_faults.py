@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY_SPEC, write_spec
+from e2e_support import ROOT, TINY_SPEC, write_spec
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, TINY_SPEC, write_spec
+from e2e_support import ROOT, TINY_SPEC, write_spec
 
 pytestmark = pytest.mark.e2e
 
