@@ -9,6 +9,15 @@ import math
 
 import torch
 
+# Defaults shared by every public function (one place).
+EPS = 0.05
+MAX_ITER = 300  # Sinkhorn iterations at most before the float64 Newton polish (slow problems switch earlier)
+TOL = 1e-6  # marginal error |T1 - a|_1 + |T^T 1 - b|_1
+NEWTON_STEPS = 30
+CHECK_EVERY = 5
+GRAD = "plan_constant"
+MARGINALS = "cross_attention"
+
 GRAD_MODES = ("plan_constant", "autodiff")
 MARGINAL_MODES = ("cross_attention", "uniform")
 
@@ -19,7 +28,7 @@ def check_solver_options(*, eps, max_iter, tol, grad, newton_steps, check_every)
         raise ValueError(f"eps must be a finite number > 0 (got {eps!r}); pass e.g. eps=0.05")
     _check_int("max_iter", max_iter, minimum=1, example="max_iter=200")
     _check_int("newton_steps", newton_steps, minimum=0, example="newton_steps=30 (0 disables the polish)")
-    _check_int("check_every", check_every, minimum=1, example="check_every=10")
+    _check_int("check_every", check_every, minimum=1, example="check_every=5")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0 (got {tol!r}); pass e.g. tol=1e-6")
     if grad not in GRAD_MODES:

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from diml.ot import _options
-from diml.ot.sinkhorn import sinkhorn
+from diml.ot._scaling import LogKernel
+from diml.ot.sinkhorn import solve
 
 
 class Matching(NamedTuple):
@@ -60,11 +61,9 @@ class Matching(NamedTuple):
     marginal_error: torch.Tensor
 
 
-_SOLVER_DEFAULTS = dict(eps=0.05, max_iter=100, tol=1e-6, newton_steps=30, check_every=10, grad="plan_constant")
-
-
 def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
-    """Validate shapes and return L2-normalised ``(q_local, q_global, r_local, r_global)`` in the working dtype."""
+    """Validate shapes; return L2-normalised query tensors in the working dtype, and the references normalised too
+    (all pairs) or as given (candidates: :func:`pair_terms_candidates` normalises them per chunk)."""
     _options.check_tensor("q_local", q_local, 3, "(Nq, C, R)")
     _options.check_tensor("q_global", q_global, 2, "(Nq, C)")
     nq, c, r = q_local.shape
@@ -86,9 +85,10 @@ def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
     if tuple(r_global.shape) != want_global:
         raise ValueError(f"{names[1]} must have shape {names[3]} = {want_global}, got {tuple(r_global.shape)}")
     dtype = _options.working_dtype(q_local, q_global, r_local, r_global)
-    cell_dim = r_local.ndim - 2
-    return (F.normalize(q_local.to(dtype), dim=1), F.normalize(q_global.to(dtype), dim=1),
-            F.normalize(r_local.to(dtype), dim=cell_dim), F.normalize(r_global.to(dtype), dim=-1))
+    q_unit = (F.normalize(q_local.to(dtype), dim=1), F.normalize(q_global.to(dtype), dim=1))
+    if candidates:  # the large candidate tensors are cast and normalised chunk by chunk (no full-size copy)
+        return (*q_unit, r_local, r_global)
+    return (*q_unit, F.normalize(r_local.to(dtype), dim=1), F.normalize(r_global.to(dtype), dim=1))
 
 
 def _normalise_attention(att: torch.Tensor) -> torch.Tensor:
@@ -119,37 +119,50 @@ def pair_terms_all(qn, qg, rn, rg, marginals: str):
     return cell_sim, a, b
 
 
-def pair_terms_candidates(qn, qg, cn, cg, marginals: str):
-    """Like :func:`pair_terms_all` for per-query candidates ``cn (Nq, K, C, R)``, ``cg (Nq, K, C)``.
+def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
+    """Like :func:`pair_terms_all` for per-query candidates, given as they come: ``c_local (Nq, K, C, R)``,
+    ``c_global (Nq, K, C)`` (any float dtype, not normalised; cast to ``qn.dtype`` here, one chunk at a time).
 
-    Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
+    The candidate cells are transposed once into ``(Nq, K R, C)`` rows; their norms and the products with the
+    query cells and the query global vector come from that copy (dividing the small products by the norms instead
+    of normalising the large tensor).  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
     """
-    nq, k, c, r = cn.shape
-    c_cells = cn.transpose(2, 3).reshape(nq, k * r, c)
-    cell_sim = (c_cells @ qn).view(nq, k, r, r).transpose(2, 3)  # [p, k, i, j] = q_i . c_j
+    nq, k, c, r = c_local.shape
+    c_cells = c_local.to(qn.dtype).transpose(2, 3).reshape(nq, k * r, c)
+    inv_norm = 1.0 / torch.linalg.vector_norm(c_cells, dim=2, keepdim=True).clamp_min(1e-12)  # as F.normalize
+    cell_sim = ((c_cells @ qn) * inv_norm).view(nq, k, r, r).transpose(2, 3)  # [p, k, i, j] = q_i . c_j
     if marginals == "uniform":
         a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
         return cell_sim, a, a.clone()
+    cg = F.normalize(c_global.to(qn.dtype), dim=-1)
     a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
-    b = _normalise_attention((c_cells @ qg.unsqueeze(2)).view(nq, k, r))  # g_query . c_cell_j
+    b = _normalise_attention(((c_cells @ qg.unsqueeze(2)) * inv_norm).view(nq, k, r))  # g_query . c_cell_j
     return cell_sim, a, b
 
 
 def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:
-    """Solve the OT problems of ``cell_sim (*P, R, R)`` with marginals ``a, b (*P, R)`` and assemble a Matching."""
+    """Solve the OT problems of ``cell_sim (*P, R, R)`` with marginals ``a, b (*P, R)`` and assemble a Matching.
+
+    The log-kernel ``(S - 1) / eps`` spans at most ``2 / eps``, so for ``eps >= 1/30`` the kernel is built with a
+    single ``exp`` and no stabilising shifts.
+    """
     batch_shape = cell_sim.shape[:-2]
     r = cell_sim.shape[-1]
     flat = cell_sim.reshape(-1, r, r)
-    res = sinkhorn(1.0 - flat, a.reshape(-1, r), b.reshape(-1, r), eps=eps, max_iter=max_iter, tol=tol,
-                   newton_steps=newton_steps, check_every=check_every, grad=grad)
+    if flat.numel() and not bool(torch.isfinite(flat).all() & torch.isfinite(a).all() & torch.isfinite(b).all()):
+        raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
+    res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), eps=float(eps),
+                max_iter=max_iter, tol=float(tol), newton_steps=newton_steps, check_every=check_every, grad=grad,
+                direct=2.0 / eps <= 60.0)
     plan = res.plan.view(*batch_shape, r, r)
-    similarity = (plan * cell_sim).sum((-1, -2))
+    similarity = torch.linalg.vecdot(plan.reshape(-1, r * r), flat.reshape(-1, r * r)).view(batch_shape)
     return Matching(plan, cell_sim, a, b, similarity, res.iterations, res.converged.view(batch_shape),
                     res.marginal_error.view(batch_shape))
 
 
-def match(q_local, q_global, r_local, r_global, *, eps=0.05, marginals="cross_attention", max_iter=100, tol=1e-6,
-          newton_steps=30, check_every=10, grad="plan_constant") -> Matching:
+def match(q_local, q_global, r_local, r_global, *, eps=_options.EPS, marginals=_options.MARGINALS,
+          max_iter=_options.MAX_ITER, tol=_options.TOL, newton_steps=_options.NEWTON_STEPS,
+          check_every=_options.CHECK_EVERY, grad=_options.GRAD) -> Matching:
     """Structural matching of every query with every reference (all ``Nq x Nr`` pairs at once, no chunking).
 
     Args:
@@ -167,8 +180,9 @@ def match(q_local, q_global, r_local, r_global, *, eps=0.05, marginals="cross_at
     return solve_pairs(cell_sim, a, b, **opts)
 
 
-def match_candidates(q_local, q_global, c_local, c_global, *, eps=0.05, marginals="cross_attention", max_iter=100,
-                     tol=1e-6, newton_steps=30, check_every=10, grad="plan_constant") -> Matching:
+def match_candidates(q_local, q_global, c_local, c_global, *, eps=_options.EPS, marginals=_options.MARGINALS,
+                     max_iter=_options.MAX_ITER, tol=_options.TOL, newton_steps=_options.NEWTON_STEPS,
+                     check_every=_options.CHECK_EVERY, grad=_options.GRAD) -> Matching:
     """Like :func:`match` for per-query candidates ``c_local (Nq, K, C, R)``, ``c_global (Nq, K, C)``.
 
     Returns: :class:`Matching` with ``(Nq, K, ...)`` fields.

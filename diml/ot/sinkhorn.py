@@ -9,21 +9,26 @@ solve (Cuturi 2013, eq. 2)
 
 where ``f, g`` are the dual potentials.  Numerics, in order:
 
-1. One log-domain half-step pair (``x = log a - LSE_j(log K + y)``, ``y = log b - LSE_i(log K + x)``) gives a
-   normalised kernel ``K~ = exp(log K + x + y)`` whose entries are at most 1.
+1. A kernel ``K~ = exp(log K + x + y)`` with ``log K = -C / eps``, where the shifts ``x, y`` make the maximum of
+   every row and column 0 (skipped when the caller knows ``log K`` spans less than ~60, as for cosine costs).
 2. Scaling (matrix-vector) Sinkhorn iterations ``u = a / (K~ v)``, ``v = b / (K~^T u)`` in the working precision
    (float32 unless the input is float64): two tiny batched mat-vecs per iteration and no ``exp``.  The kernel is a
    fixed rounding of the problem, so the iteration converges to the precision of the working dtype instead of
-   stalling on the rounding of ``exp(log K + x + y)`` with large potentials.  Scalings that leave ``[e^-15, e^15]``
-   are absorbed into ``x, y`` and ``K~`` is recomputed for those problems only (stabilised Sinkhorn, Schmitzer 2019).
+   stalling on the rounding of ``exp(log K + x + y)`` with large potentials, as a float32 log-domain iteration does.
+   Scalings that leave ``[e^-30, e^30]`` are absorbed into ``x, y`` and ``K~`` is recomputed for those problems
+   only (stabilised Sinkhorn, Schmitzer 2019).
 3. Every ``check_every`` iterations the row-marginal error ``|u * (K~ v) - a|_1`` (columns are exact after the
-   ``v`` update) is compared with ``tol / 2``; problems that converged leave the active set (the tensors are
-   compacted), so they stop costing work.  That check is the only host synchronisation of the loop.
-4. Problems still active after ``max_iter`` iterations (typically near-duplicate images, whose plan is almost a
-   permutation and whose Sinkhorn contraction is slow at small ``eps``) get up to ``newton_steps`` damped Newton steps
-   on the dual in float64 (:mod:`diml.ot.newton`), checked and compacted after every step.
+   ``v`` update) is compared with ``tol / 2``; once a quarter of the active problems has converged they leave the
+   active set (the tensors are compacted), so converged problems stop costing work.  That check is the only host
+   synchronisation of the loop.
+4. Problems whose error decreases so slowly that more than 300 further iterations are predicted (from the rate
+   observed between two checks, after at least 20 iterations), and those still active after ``max_iter``
+   iterations, get up to ``newton_steps`` damped Newton steps on the dual in float64 (:mod:`diml.ot.newton`),
+   checked and compacted after every step.  These are typically near-duplicate images, whose plan is almost a
+   permutation and whose Sinkhorn contraction is slow at small ``eps``.  On this 2-core CPU one Newton step costs
+   about as much as 50-100 Sinkhorn iterations of the same problem and 5-10 steps reach 1e-12.
 
-Zero-mass rows/columns (``a_i = 0``) are supported: their potential is ``-inf`` (stored internally as a large finite
+Zero-mass rows/columns (``a_i = 0``) are supported: their potential is ``-inf`` (held internally as a large finite
 negative number so that no ``inf - inf`` can appear) and their plan row/column is exactly zero.
 """
 
@@ -34,9 +39,8 @@ from typing import NamedTuple
 import torch
 
 from diml.ot import _options
-from diml.ot.newton import gibbs_plan, marginal_error, newton_step
-
-_ABSORB_LOG = 15.0  # absorb scalings into the potentials once |log u| or |log v| exceeds this
+from diml.ot._scaling import LogKernel, Outputs, initial_kernel, scaling_phase
+from diml.ot.newton import gibbs_plan, newton_step
 
 
 class SinkhornResult(NamedTuple):
@@ -49,8 +53,10 @@ class SinkhornResult(NamedTuple):
         iterations: largest number of Sinkhorn iterations any problem used.
         newton_steps: largest number of Newton steps any problem used (0 if none needed the polish).
         converged: ``(B,)`` bool, ``marginal_error <= tol``.
-        marginal_error: ``(B,)`` ``|T 1 - a|_1 + |T^T 1 - b|_1`` of the returned plan (computed in float64).
-        problem_iterations: ``(B,)`` int64 Sinkhorn iterations used by each problem.
+        marginal_error: ``(B,)`` ``|T 1 - a|_1 + |T^T 1 - b|_1`` of the returned plan (accumulated in float64).
+        problem_iterations: ``(B,)`` int64 Sinkhorn iterations used by each problem (counted at the check where it
+            left the active set).
+        problem_newton_steps: ``(B,)`` int64 Newton steps used by each problem (0: Sinkhorn alone).
     """
 
     plan: torch.Tensor
@@ -61,6 +67,7 @@ class SinkhornResult(NamedTuple):
     converged: torch.Tensor
     marginal_error: torch.Tensor
     problem_iterations: torch.Tensor
+    problem_newton_steps: torch.Tensor
 
 
 def sinkhorn(
@@ -69,18 +76,19 @@ def sinkhorn(
     b: torch.Tensor,
     *,
     eps: float,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    newton_steps: int = 30,
-    check_every: int = 10,
-    grad: str = "plan_constant",
+    max_iter: int = _options.MAX_ITER,
+    tol: float = _options.TOL,
+    newton_steps: int = _options.NEWTON_STEPS,
+    check_every: int = _options.CHECK_EVERY,
+    grad: str = _options.GRAD,
 ) -> SinkhornResult:
     """Solve ``B`` entropic OT problems at once (see the module docstring for the method).
 
     Args:
         cost: ``(B, n, m)`` cost matrices :math:`C`.
         a: ``(B, n)`` non-negative row marginals; ``b``: ``(B, m)`` column marginals with the same mass per problem
-            (to 1e-3 relative, 8 machine epsilons for bfloat16; ``b`` is rescaled to the mass of ``a`` so that tight tolerances are reachable).
+            (to 1e-3 relative, 8 machine epsilons for bfloat16; ``b`` is rescaled to the mass of ``a`` so that tight
+            tolerances are reachable).
         eps: entropic regularisation :math:`\\varepsilon` (kernel ``exp(-C / eps)``).
         max_iter: Sinkhorn iterations before the unconverged problems switch to the Newton polish.
         tol: target marginal error ``|T 1 - a|_1 + |T^T 1 - b|_1`` per problem.
@@ -96,11 +104,9 @@ def sinkhorn(
     )
     _check_problem(cost, a, b)
     dtype = _options.working_dtype(cost, a, b)
-    with torch.set_grad_enabled(grad == "autodiff" and torch.is_grad_enabled()):
-        if grad == "plan_constant":
-            cost, a, b = cost.detach(), a.detach(), b.detach()
-        return _solve(cost.to(dtype), a.to(dtype), b.to(dtype), eps=float(eps), max_iter=max_iter, tol=float(tol),
-                      newton_steps=newton_steps, check_every=check_every)
+    lk = LogKernel(cost.to(dtype), -1.0 / float(eps), 0.0)
+    return solve(lk, a.to(dtype), b.to(dtype), eps=float(eps), max_iter=max_iter, tol=float(tol),
+                 newton_steps=newton_steps, check_every=check_every, grad=grad, direct=False)
 
 
 def _check_problem(cost, a, b) -> None:
@@ -118,7 +124,7 @@ def _check_problem(cost, a, b) -> None:
     a64, b64 = a.detach().double(), b.detach().double()
     if not bool(torch.isfinite(cost).all()):
         raise ValueError("cost must be finite; replace inf/nan entries (e.g. clamp the cost) before calling sinkhorn")
-    if bool((a64 < 0).any()) or bool((b64 < 0).any()) or not bool(torch.isfinite(a64).all() & torch.isfinite(b64).all()):
+    if bool((a64 < 0).any() | (b64 < 0).any()) or not bool(torch.isfinite(a64).all() & torch.isfinite(b64).all()):
         raise ValueError("a and b must be finite and non-negative; clamp them with .clamp_min(0)")
     sa, sb = a64.sum(1), b64.sum(1)
     rel = max(1e-3, 8 * torch.finfo(a.dtype).eps, 8 * torch.finfo(b.dtype).eps)  # half inputs round their sums
@@ -126,123 +132,65 @@ def _check_problem(cost, a, b) -> None:
         raise ValueError("a and b must have the same positive mass per problem; normalise both to sum to 1")
 
 
-def _solve(cost, a, b, *, eps, max_iter, tol, newton_steps, check_every) -> SinkhornResult:
-    B, n, m = cost.shape
-    b = b * (a.sum(1, keepdim=True) / b.sum(1, keepdim=True))  # equal masses to the last bit
-    if B == 0:
-        empty = cost.new_zeros((0,))
-        return SinkhornResult(cost.clone(), a.clone(), b.clone(), 0, 0, empty.bool(), empty.double(), empty.long())
-    log_k = cost / (-eps)
-    groups, rest = _scaling_phase(log_k, a, b, max_iter=max_iter, tol=tol, check_every=check_every)
-    newton_used = 0
-    if rest is not None:
-        idx, x, y, plan, iters = rest
-        if newton_steps > 0:
-            a64, b64 = a[idx].double(), b[idx].double()
-            b64 = b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True))
-            done, newton_used = _newton_phase(log_k[idx].double(), a64, b64, x.double(), y.double(), idx, iters,
-                                              steps=newton_steps, tol=tol)
-            groups.extend(done)
-        else:
-            groups.append((idx, x, y, plan, iters))
-    idx = torch.cat([g[0] for g in groups])
-    order = torch.argsort(idx)
-    x = torch.cat([g[1].to(cost.dtype) for g in groups])[order]
-    y = torch.cat([g[2].to(cost.dtype) for g in groups])[order]
-    plan = torch.cat([g[3].to(cost.dtype) for g in groups])[order]
-    iters = torch.cat([torch.full((len(g[0]),), g[4], dtype=torch.int64, device=cost.device) for g in groups])[order]
+def solve(lk: LogKernel, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad, direct) -> SinkhornResult:
+    """Validated-input core shared by :func:`sinkhorn` and :mod:`diml.ot.matching` (``lk``: the log-kernel source).
+
+    ``direct=True`` promises that ``log K`` spans less than ~60 so the kernel is ``exp(log K)`` without shifts.
+    """
+    differentiable = grad == "autodiff" and torch.is_grad_enabled()
+    with torch.set_grad_enabled(differentiable):
+        if not differentiable:
+            lk, a, b = LogKernel(lk.source.detach(), lk.scale, lk.shift), a.detach(), b.detach()
+        B, n, m = lk.source.shape
+        b = b * (a.sum(1, keepdim=True) / b.sum(1, keepdim=True))  # equal masses to the last bit
+        outputs = Outputs(B, n, m, lk.source.dtype, lk.source.device, differentiable)
+        newton_used = 0
+        if B:
+            kernel, x, y = initial_kernel(lk, direct)
+            rest = scaling_phase(lk, kernel, x, y, a, b, outputs, max_iter=max_iter, tol=tol,
+                                 check_every=check_every, polish=newton_steps > 0)
+            if rest is not None:
+                newton_used = _newton_phase(lk, a, b, *rest, outputs, steps=newton_steps, tol=tol)
+        x, y, plan = outputs.finish() if B else (a.clone(), b.clone(), lk.source.clone())
+        err = _final_error(plan, a, b)
+        neg_inf = torch.tensor(float("-inf"), dtype=plan.dtype, device=plan.device)
+        f, g = torch.where(a > 0, eps * x, neg_inf), torch.where(b > 0, eps * y, neg_inf)
+        iters = outputs.iterations
+        return SinkhornResult(plan, f, g, int(iters.max()) if B else 0, newton_used, err <= tol, err, iters,
+                              outputs.newton_steps)
+
+
+def _final_error(plan, a, b) -> torch.Tensor:
+    """Marginal error of the returned plan (row/column sums in the plan's dtype, differences in float64)."""
     with torch.no_grad():
         a64, b64 = a.detach().double(), b.detach().double()
-        err = marginal_error(plan.detach().double(), a64, b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True)))
-    neg_inf = torch.tensor(float("-inf"), dtype=cost.dtype, device=cost.device)
-    f = torch.where(a > 0, eps * x, neg_inf)
-    g = torch.where(b > 0, eps * y, neg_inf)
-    return SinkhornResult(plan, f, g, int(iters.max()) if B else 0, newton_used, err <= tol, err, iters)
+        rows, cols = plan.detach().sum(2).double(), plan.detach().sum(1).double()
+        return (rows - a64).abs().sum(1) + (cols - b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True))
+                                            ).abs().sum(1)
 
 
-def _safe_log(value: torch.Tensor, support: torch.Tensor, neg: float) -> torch.Tensor:
-    """``log(value)`` on the support and ``neg`` elsewhere, with finite gradients everywhere."""
-    return torch.where(support, torch.log(torch.where(support, value, torch.ones_like(value))), neg)
-
-
-def _scaling_phase(log_k, a, b, *, max_iter, tol, check_every):
-    """Steps 1-3 of the module docstring.
-
-    Returns ``(groups, rest)``: ``groups`` is a list of finished ``(idx, x, y, plan, iterations)`` and ``rest`` the
-    same tuple for the problems still unconverged after ``max_iter`` iterations (or ``None``).
-    """
-    B = log_k.shape[0]
-    neg = torch.finfo(log_k.dtype).min / 4
-    tiny = torch.finfo(log_k.dtype).tiny
-    pos_a, pos_b = a > 0, b > 0
-    x = _safe_log(a, pos_a, neg) - torch.logsumexp(log_k, dim=2)
-    y = _safe_log(b, pos_b, neg) - torch.logsumexp(log_k + x.unsqueeze(2), dim=1)
-    kernel = gibbs_plan(log_k, x, y)
-    idx = torch.arange(B, device=log_k.device)
-    u = torch.ones_like(a)
-    v = torch.ones_like(b)
-    kv = kernel.sum(2)
-    iters, groups = 1, []
-    while True:
-        err = (u * kv - a).abs().sum(1)
-        done = err <= 0.5 * tol
-        n_done = int(done.sum())  # the one host sync of this check
-        if n_done or iters >= max_iter:
-            state = _absorb(x, y, u, v, pos_a, pos_b, neg)
-            plan = u.unsqueeze(2) * kernel * v.unsqueeze(1)
-            if n_done:
-                groups.append((idx[done], state[0][done], state[1][done], plan[done], iters))
-            if iters >= max_iter or n_done == len(idx):
-                keep = ~done
-                rest = (idx[keep], state[0][keep], state[1][keep], plan[keep], iters) if bool(keep.any()) else None
-                return groups, rest
-            keep = ~done
-            idx, log_k, a, b, pos_a, pos_b = idx[keep], log_k[keep], a[keep], b[keep], pos_a[keep], pos_b[keep]
-            x, y, u, v, kernel, kv = x[keep], y[keep], u[keep], v[keep], kernel[keep], kv[keep]
-        x, y, u, v, kernel, kv = _maybe_absorb(log_k, x, y, u, v, kernel, kv, pos_a, pos_b, neg)
-        for _ in range(min(check_every, max_iter - iters)):
-            u = a / kv.clamp_min(tiny)
-            v = b / (u.unsqueeze(1) @ kernel).squeeze(1).clamp_min(tiny)
-            kv = (kernel @ v.unsqueeze(2)).squeeze(2)
-            iters += 1
-
-
-def _absorb(x, y, u, v, pos_a, pos_b, neg):
-    """Potentials with the scalings folded in: ``x + log u``, ``y + log v`` (``neg`` off the support)."""
-    return (torch.where(pos_a, x + _safe_log(u, pos_a, neg), neg), torch.where(pos_b, y + _safe_log(v, pos_b, neg), neg))
-
-
-def _maybe_absorb(log_k, x, y, u, v, kernel, kv, pos_a, pos_b, neg):
-    """Absorb the scalings of the problems whose ``|log u|`` or ``|log v|`` exceeds ``_ABSORB_LOG``."""
-    lu = _safe_log(u, pos_a, 0.0).abs().amax(1)
-    lv = _safe_log(v, pos_b, 0.0).abs().amax(1)
-    need = (lu > _ABSORB_LOG) | (lv > _ABSORB_LOG)
-    if not bool(need.any()):
-        return x, y, u, v, kernel, kv
-    sel = need.nonzero().squeeze(1)
-    xs, ys = _absorb(x[sel], y[sel], u[sel], v[sel], pos_a[sel], pos_b[sel], neg)
-    ks = gibbs_plan(log_k[sel], xs, ys)
-    x, y = x.index_copy(0, sel, xs), y.index_copy(0, sel, ys)
-    u, v = u.index_fill(0, sel, 1.0), v.index_fill(0, sel, 1.0)
-    kernel = kernel.index_copy(0, sel, ks)
-    kv = kv.index_copy(0, sel, ks.sum(2))
-    return x, y, u, v, kernel, kv
-
-
-def _newton_phase(log_k, a, b, x, y, idx, iters, *, steps, tol):
-    """Step 4 of the module docstring (all float64).  Returns finished groups and the largest step count used."""
-    groups, used = [], 0
+def _newton_phase(lk: LogKernel, a, b, idx, x, y, iters, outputs: Outputs, *, steps, tol) -> int:
+    """Step 4 of the module docstring (all float64).  Returns the largest number of steps used."""
+    log_k = lk.log_kernel(idx, torch.float64)
+    a64, b64 = a[idx].double(), b[idx].double()
+    b64 = b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True))
+    x, y, used = x.double(), y.double(), 0
+    if steps == 0:  # no polish: report the Sinkhorn iterate as it is
+        outputs.add(idx, x, y, gibbs_plan(log_k, x, y), iters)
+        return 0
+    plan = gibbs_plan(log_k, x, y)
     for step in range(steps + 1):
-        plan = gibbs_plan(log_k, x, y)
-        done = marginal_error(plan, a, b) <= 0.5 * tol
+        rows, cols = plan.sum(2), plan.sum(1)
+        done = (rows - a64).abs().sum(1) + (cols - b64).abs().sum(1) <= 0.5 * tol
         if step == steps:
             done = torch.ones_like(done)
         if bool(done.any()):
             used = max(used, step)
-            groups.append((idx[done], x[done], y[done], plan[done], iters))
+            outputs.add(idx[done], x[done], y[done], plan[done], iters[done], step)
             keep = ~done
             if not bool(keep.any()):
                 break
-            idx, log_k, a, b, x, y, plan = idx[keep], log_k[keep], a[keep], b[keep], x[keep], y[keep], plan[keep]
-        x, y = newton_step(plan, a, b, x, y)
-    return groups, used
+            idx, a64, b64, x, y, plan, iters, rows, cols = (
+                t[keep] for t in (idx, a64, b64, x, y, plan, iters, rows, cols))
+        x, y, plan = newton_step(plan, rows, cols, a64, b64, x, y)
+    return used
