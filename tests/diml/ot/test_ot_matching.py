@@ -155,3 +155,15 @@ def test_bad_shapes_raise():
         match_candidates(*query, *ref)
     with pytest.raises(ValueError, match="floating"):
         match(query[0].long(), *query[1:], *ref)
+
+
+def test_small_eps_matches_pot():
+    # eps = 0.02: (S - 1) / eps spans 100, beyond the direct-exponential range, so the shifted kernel is used.
+    query, ref = random_images(2, seed=24), random_images(3, seed=25)
+    m = match(*_float(query), *_float(ref), eps=0.02)
+    S, a, b = reference_terms(*query, *ref)
+    for p in range(2):
+        for q in range(3):
+            plan = torch.from_numpy(pot_plan(1 - S[p, q], a[p, q], b[p, q], 0.02, stop=1e-12))
+            assert float((m.plan[p, q].double() - plan).abs().max()) <= 1e-5
+            assert abs(float(m.similarity[p, q]) - float((plan * S[p, q]).sum())) <= 1e-5

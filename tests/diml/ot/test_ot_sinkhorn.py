@@ -146,3 +146,15 @@ def test_bad_problems_raise_value_error():
         sinkhorn(cost, a, 2 * b, eps=0.1)
     with pytest.raises(ValueError, match="finite"):
         sinkhorn(cost.masked_fill(cost > 0.5, float("nan")), a, b, eps=0.1)
+
+
+def test_small_eps_uses_the_stabilised_path_and_still_matches_pot():
+    # log K spans 1 / 0.01 = 100 here: the kernel is shifted per row/column and scalings beyond e^30 are absorbed.
+    cost, a, b = _random_problems(B=4, n=6, m=5, seed=3)
+    for dtype, atol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
+        tol = 1e-10 if dtype == torch.float64 else 1e-6
+        res = sinkhorn(cost.to(dtype), a.to(dtype), b.to(dtype), eps=0.01, tol=tol)
+        assert bool(res.converged.all()) and bool(torch.isfinite(res.plan).all())
+        for k in range(4):
+            ref = pot_plan(cost[k], a[k], b[k], 0.01, stop=1e-13)
+            assert np.abs(res.plan[k].double().numpy() - ref).max() <= atol
