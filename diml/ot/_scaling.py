@@ -145,7 +145,10 @@ def scaling_phase(lk: LogKernel, kernel, x, y, a, b, outputs: Outputs, *, max_it
         if iters >= max_iter:
             slow = state.active & ~done
         state = state._replace(err=torch.where(state.active, err, state.err), active=state.active & ~done & ~slow)
-        n_done, n_slow = torch.stack([done.sum(), slow.sum()]).tolist()  # the one host sync of a check
+        need = _needs_absorbing(state)
+        n_done, n_slow, n_need = torch.stack([done.sum(), slow.sum(), need.sum()]).tolist()  # the one host sync
+        if n_need:
+            state = _absorb_rows(lk, state, need.nonzero().squeeze(1))
         if n_done:  # recorded at their first convergence: results do not depend on the rest of the batch
             _record(state.select(done), outputs, iters)
         if n_slow:
@@ -156,7 +159,6 @@ def scaling_phase(lk: LogKernel, kernel, x, y, a, b, outputs: Outputs, *, max_it
             return tuple(torch.cat(parts) for parts in zip(*left)) if left else None
         if n_out >= COMPACT_FRACTION * n_rows:
             state, n_rows, n_out = state.select(state.active), n_rows - n_out, 0
-        state = _maybe_absorb(lk, state)
 
 
 def _predicted(err: torch.Tensor, previous: torch.Tensor, steps: int, tol: float) -> torch.Tensor:
@@ -184,14 +186,15 @@ def _absorbed(state: _State):
             torch.where(pos_b, state.y + _safe_log(state.v, pos_b), neg))
 
 
-def _maybe_absorb(lk: LogKernel, state: _State) -> _State:
-    """Absorb the scalings of the problems whose ``|log u|`` or ``|log v|`` exceeds ``ABSORB_LOG``."""
+def _needs_absorbing(state: _State) -> torch.Tensor:
+    """``(B,)`` bool: active problems whose ``|log u|`` or ``|log v|`` exceeds ``ABSORB_LOG``."""
     lu = _safe_log(state.u, state.a > 0).abs().amax(1)
     lv = _safe_log(state.v, state.b > 0).abs().amax(1)
-    need = (lu > ABSORB_LOG) | (lv > ABSORB_LOG)
-    if not bool(need.any()):
-        return state
-    sel = need.nonzero().squeeze(1)
+    return state.active & ((lu > ABSORB_LOG) | (lv > ABSORB_LOG))
+
+
+def _absorb_rows(lk: LogKernel, state: _State, sel: torch.Tensor) -> _State:
+    """Fold the scalings of the problems ``sel`` into their potentials and recompute their kernels."""
     part = state.select(sel)
     xs, ys = _absorbed(part)
     ks = torch.exp(lk.log_kernel(part.idx, xs.dtype) + xs.unsqueeze(2) + ys.unsqueeze(1))

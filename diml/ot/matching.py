@@ -123,21 +123,43 @@ def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
     """Like :func:`pair_terms_all` for per-query candidates, given as they come: ``c_local (Nq, K, C, R)``,
     ``c_global (Nq, K, C)`` (any float dtype, not normalised; cast to ``qn.dtype`` here, one chunk at a time).
 
-    The candidate cells are transposed once into ``(Nq, K R, C)`` rows; their norms and the products with the
-    query cells and the query global vector come from that copy (dividing the small products by the norms instead
-    of normalising the large tensor).  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
+    The products of the raw candidate cells with the query cells and the query global vector, and the cell norms,
+    come from :func:`candidate_products`; the small products are divided by the norms instead of normalising the
+    large tensor.  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
     """
     nq, k, c, r = c_local.shape
-    c_cells = c_local.to(qn.dtype).transpose(2, 3).reshape(nq, k * r, c)
-    inv_norm = 1.0 / torch.linalg.vector_norm(c_cells, dim=2, keepdim=True).clamp_min(1e-12)  # as F.normalize
-    cell_sim = ((c_cells @ qn) * inv_norm).view(nq, k, r, r).transpose(2, 3)  # [p, k, i, j] = q_i . c_j
+    products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=not c_local.is_cuda)
+    products = products / norms.clamp_min(1e-12).unsqueeze(3)  # as F.normalize: x / max(|x|, 1e-12)
+    cell_sim = products[..., :r].transpose(2, 3)  # [p, k, i, j] = q_i . c_j
     if marginals == "uniform":
         a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
         return cell_sim, a, a.clone()
     cg = F.normalize(c_global.to(qn.dtype), dim=-1)
     a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
-    b = _normalise_attention(((c_cells @ qg.unsqueeze(2)) * inv_norm).view(nq, k, r))  # g_query . c_cell_j
+    b = _normalise_attention(products[..., r])  # g_query . c_cell_j
     return cell_sim, a, b
+
+
+def candidate_products(qn, qg, c_local, *, per_query: bool):
+    """``products (Nq, K, R, R + 1)``: raw candidate cell ``j`` against the normalised query cells ``i < R`` and
+    the query global vector (column ``R``); ``norms (Nq, K, R)``: the candidate cell norms.
+
+    ``per_query`` (CPU): one batched GEMM per query whose shared operand is broadcast over the ``K`` candidates
+    (stride 0) and whose candidate operand is read in place as ``(C, R)^T`` blocks, plus the Gram diagonals for the
+    norms; measured on 1,000 x 100 pairs this avoids a transposed copy of the candidate tensor that cost more than
+    all the products (0.4 s instead of 1.2 s).  Otherwise (GPU, where the copy is cheap and a loop of small kernels
+    is not) the cells are transposed once into ``(Nq, K R, C)`` rows for one batched GEMM.
+    """
+    nq, k, c, r = c_local.shape
+    right = torch.cat([qn, qg.unsqueeze(2)], dim=2)  # (Nq, C, R + 1)
+    if per_query:
+        products = torch.stack([torch.bmm(c_local[p].transpose(1, 2), right[p].expand(k, c, r + 1))
+                                for p in range(nq)]) if nq else c_local.new_zeros(0, k, r, r + 1)
+        norms = torch.stack([torch.bmm(c_local[p].transpose(1, 2), c_local[p]).diagonal(dim1=1, dim2=2)
+                             for p in range(nq)]).sqrt() if nq else c_local.new_zeros(0, k, r)
+        return products, norms
+    cells = c_local.transpose(2, 3).reshape(nq, k * r, c)
+    return (cells @ right).view(nq, k, r, r + 1), torch.linalg.vector_norm(cells, dim=2).view(nq, k, r)
 
 
 def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:

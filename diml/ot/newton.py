@@ -40,11 +40,6 @@ def gibbs_plan(log_k: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return torch.exp(log_k + x.unsqueeze(2) + y.unsqueeze(1))
 
 
-def marginal_error(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``|T 1 - a|_1 + |T^T 1 - b|_1`` per problem: ``plan (B, n, m)`` -> ``(B,)``."""
-    return (plan.sum(2) - a).abs().sum(1) + (plan.sum(1) - b).abs().sum(1)
-
-
 def newton_direction(plan: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     """Newton ascent direction of the dual at the current plan.
 

@@ -167,3 +167,17 @@ def test_small_eps_matches_pot():
             plan = torch.from_numpy(pot_plan(1 - S[p, q], a[p, q], b[p, q], 0.02, stop=1e-12))
             assert float((m.plan[p, q].double() - plan).abs().max()) <= 1e-5
             assert abs(float(m.similarity[p, q]) - float((plan * S[p, q]).sum())) <= 1e-5
+
+
+def test_candidate_products_per_query_equal_the_transposed_copy_path():
+    from diml.ot.matching import candidate_products
+
+    gen = torch.Generator().manual_seed(26)
+    qn = F.normalize(torch.randn(3, 8, 4, generator=gen, dtype=torch.float64), dim=1)
+    qg = F.normalize(torch.randn(3, 8, generator=gen, dtype=torch.float64), dim=1)
+    c_local = torch.randn(3, 5, 8, 4, generator=gen, dtype=torch.float64)
+    loop_p, loop_n = candidate_products(qn, qg, c_local, per_query=True)
+    copy_p, copy_n = candidate_products(qn, qg, c_local, per_query=False)
+    expected = torch.einsum("pkcj,pci->pkji", c_local, torch.cat([qn, qg.unsqueeze(2)], 2))
+    assert loop_p.shape == (3, 5, 4, 5) and torch.allclose(loop_p, expected) and torch.allclose(copy_p, expected)
+    assert torch.allclose(loop_n, c_local.norm(dim=2)) and torch.allclose(copy_n, c_local.norm(dim=2))
