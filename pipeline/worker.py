@@ -137,10 +137,20 @@ def load_checkpoint(folder: str, train_module, optimizer, scheduler):
     return Progress(**state["progress"]), best
 
 
-def _snapshot(train_module) -> dict[str, dict[str, torch.Tensor]]:
+def _cpu_copy(value: Any) -> Any:
+    """A detached CPU copy of a state dict (tensors cloned; nested extra state, e.g. a miner's RNG, copied)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
+
+
+def _snapshot(train_module) -> dict[str, dict[str, Any]]:
     module = _unwrap(train_module)
-    return {"model": {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()},
-            "loss": {k: v.detach().cpu().clone() for k, v in module.loss.state_dict().items()}}
+    return {"model": _cpu_copy(module.model.state_dict()), "loss": _cpu_copy(module.loss.state_dict())}
 
 
 # --------------------------------------------------------------------------------------------------- the loop
