@@ -17,10 +17,11 @@ where ``f, g`` are the dual potentials.  Numerics, in order:
    stalling on the rounding of ``exp(log K + x + y)`` with large potentials, as a float32 log-domain iteration does.
    Scalings that leave ``[e^-30, e^30]`` are absorbed into ``x, y`` and ``K~`` is recomputed for those problems
    only (stabilised Sinkhorn, Schmitzer 2019).
-3. Every ``check_every`` iterations the row-marginal error ``|u * (K~ v) - a|_1`` (columns are exact after the
-   ``v`` update) is compared with ``tol / 2``; once a quarter of the active problems has converged they leave the
-   active set (the tensors are compacted), so converged problems stop costing work.  That check is the only host
-   synchronisation of the loop.
+3. Every ``check_every`` iterations the marginal error ``|u * (K~ v) - a|_1 + |v * (K~^T u) - b|_1`` is
+   compared with ``tol / 2``.  A problem is recorded at the check where it first converges (so its result does not
+   depend on the rest of the batch, e.g. on the chunking), and once a quarter of the active problems has left, the
+   tensors are compacted, so converged problems stop costing work.  That check is the one host synchronisation
+   of the loop.
 4. Problems whose error decreases so slowly that more than 300 further iterations are predicted (from the rate
    observed between two checks, after at least 20 iterations), and those still active after ``max_iter``
    iterations, get up to ``newton_steps`` damped Newton steps on the dual in float64 (:mod:`diml.ot.newton`),
