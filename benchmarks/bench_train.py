@@ -11,6 +11,8 @@ bf16 autocast for the backbone (``--amp``), optionally channels-last and ``torch
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import statistics
 import time
 
@@ -73,7 +75,7 @@ def bench_case(loss_name: str, similarity: str, miner: str | None, args, device:
             "images_per_s": args.batch / step}
 
 
-def run(quick: bool = True, device: str = "cpu", **overrides) -> list[dict]:
+def run(quick: bool = True, device: str = "cpu", cases=CASES, **overrides) -> list[dict]:
     """Rows for the unified runner; adds ``diml_overhead`` (DIML step / global step - 1) to the DIML rows."""
     gpu = device.startswith("cuda")
     defaults = dict(backbone="resnet50" if gpu else "resnet18", size=224 if gpu else 64, batch=112 if gpu else 32,
@@ -81,7 +83,9 @@ def run(quick: bool = True, device: str = "cpu", **overrides) -> list[dict]:
                     frozen_bn=True)
     args = argparse.Namespace(**{**defaults, **overrides})
     dev = torch.device(device)
-    rows = [bench_case(*case, args, dev) for case in CASES]
+    rows = [bench_case(*case, args, dev) for case in cases]
+    for row in rows:
+        row.update(amp=args.amp, channels_last=args.channels_last, compile=args.compile, device=device)
     by_key = {(r["loss"], r["similarity"]): r for r in rows}
     for row in rows:
         if row["similarity"] == "diml":
@@ -102,11 +106,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", default=None)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--full", action="store_true", help="more timed steps")
+    parser.add_argument("--cases", default="all", help="all, or margin: only margin global vs DIML")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("device", "threads", "full")}
-    for row in run(quick=not args.full, device=args.device, **overrides):
+    skip = ("device", "threads", "full", "cases", "json")
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    cases = CASES if args.cases == "all" else tuple(c for c in CASES if c[0] == args.cases)
+    rows = run(quick=not args.full, device=args.device, cases=cases, **overrides)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    for row in rows:
         extra = f"  DIML adds {100 * row['diml_overhead']:.0f}%" if "diml_overhead" in row else ""
         print(f"{row['loss']:>16} {row['similarity']:>6}  step {row['step_s'] * 1000:8.1f} ms  "
               f"{row['images_per_s']:8.1f} img/s{extra}")
