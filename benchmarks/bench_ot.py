@@ -129,8 +129,11 @@ def pot_pair(ql, qg, rl, rg):
 
 def pot_batch(S, a, b):
     """POT's batched solver on ``S (B, R, R)``, ``a, b (B, R)``.  -> (similarities (B,), max L1 error, iterations)."""
-    res = ot.batch.solve_batch(1.0 - S, EPS, a=a, b=b, max_iter=200_000, tol=POT_STOP, method="sinkhorn",
-                               grad="detach")
+    # POT 0.9.7's batched Bregman projection creates its scalings with nx.ones (no device): on a CUDA input they
+    # land on the CPU unless the default device is the input's
+    with torch.device(S.device):
+        res = ot.batch.solve_batch(1.0 - S, EPS, a=a, b=b, max_iter=200_000, tol=POT_STOP, method="sinkhorn",
+                                   grad="detach")
     T = res.plan
     err = (T.sum(2) - a).abs().sum(1) + (T.sum(1) - b).abs().sum(1)
     return (T * S).sum((1, 2)), float(err.max())

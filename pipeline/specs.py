@@ -125,6 +125,9 @@ class OTSpec(Strict):
     tol: float = Field(1e-6, gt=0.0, lt=1.0, description="marginal-error tolerance")
 
 
+TRAINING_TOL = 1e-4  # plan accuracy inside training losses; evaluation keeps the exact default (1e-6)
+
+
 class LossSpec(Strict):
     name: str = "margin"
     similarity: Literal["global", "diml"] = Field(
@@ -133,7 +136,8 @@ class LossSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters of the loss")
     miner: str | None = None
     miner_params: dict[str, Any] = Field(default_factory=dict)
-    ot: OTSpec = Field(default_factory=OTSpec)
+    ot: OTSpec = Field(default_factory=lambda: OTSpec(tol=TRAINING_TOL),
+                       description="OT inside the loss; its tolerance defaults to 1e-4 (the gradient treats the plan as a constant)")
 
     @field_validator("name")
     @classmethod

@@ -101,7 +101,10 @@ class _State(NamedTuple):
     active: torch.Tensor  # (B,) bool: neither converged nor handed to the Newton polish
 
     def select(self, keep: torch.Tensor) -> "_State":
-        return _State(*(t[keep] for t in self))
+        """The problems ``keep`` (a bool mask or int64 indices): one host sync for a mask, then index gathers
+        (indexing each field with the mask would sync once per field on a GPU)."""
+        rows = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep
+        return _State(*(t.index_select(0, rows) for t in self))
 
 
 def _iterate(state: _State, steps: int) -> _State:

@@ -119,6 +119,9 @@ def pair_terms_all(qn, qg, rn, rg, marginals: str):
     return cell_sim, a, b
 
 
+PER_QUERY_MIN_CANDIDATES = 16
+
+
 def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
     """Like :func:`pair_terms_all` for per-query candidates, given as they come: ``c_local (Nq, K, C, R)``,
     ``c_global (Nq, K, C)`` (any float dtype, not normalised; cast to ``qn.dtype`` here, one chunk at a time).
@@ -128,7 +131,9 @@ def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
     large tensor.  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
     """
     nq, k, c, r = c_local.shape
-    products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=not c_local.is_cuda)
+    # per-query GEMMs pay off on a CPU only when each query has many candidates (re-ranking, not mined pairs)
+    per_query = not c_local.is_cuda and k >= PER_QUERY_MIN_CANDIDATES
+    products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=per_query)
     products = products / norms.clamp_min(1e-12).unsqueeze(3)  # as F.normalize: x / max(|x|, 1e-12)
     cell_sim = products[..., :r].transpose(2, 3)  # [p, k, i, j] = q_i . c_j
     if marginals == "uniform":

@@ -185,13 +185,14 @@ def _newton_phase(lk: LogKernel, a, b, idx, x, y, iters, outputs: Outputs, *, st
         done = (rows - a64).abs().sum(1) + (cols - b64).abs().sum(1) <= 0.5 * tol
         if step == steps:
             done = torch.ones_like(done)
-        if bool(done.any()):
+        finished = done.nonzero().squeeze(1)  # one host sync per step; gathers by index below do not sync
+        if len(finished):
             used = max(used, step)
-            outputs.add(idx[done], x[done], y[done], plan[done], iters[done], step)
-            keep = ~done
-            if not bool(keep.any()):
+            outputs.add(*(t.index_select(0, finished) for t in (idx, x, y, plan, iters)), step)
+            if len(finished) == len(done):
                 break
+            keep = (~done).nonzero().squeeze(1)
             idx, a64, b64, x, y, plan, iters, rows, cols = (
-                t[keep] for t in (idx, a64, b64, x, y, plan, iters, rows, cols))
+                t.index_select(0, keep) for t in (idx, a64, b64, x, y, plan, iters, rows, cols))
         x, y, plan = newton_step(plan, rows, cols, a64, b64, x, y)
     return used
