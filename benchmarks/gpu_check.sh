@@ -15,7 +15,10 @@ fi
 export PYTHONUNBUFFERED=1 OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t0=$(date +%s)
+ONLY=${1:-all}  # e.g. "ot train": run only the steps whose names start with these words
+step() { local name=$1 limit=$2; shift 2
+  if [ "$ONLY" != all ] && ! echo " $ONLY " | grep -q " ${name%%-*} "; then return; fi
+  echo "== $name"; local t0=$(date +%s)
   timeout "$limit" "$@" 2>&1 | tail -40; echo "== $name: rc=${PIPESTATUS[0]} $(( $(date +%s) - t0 )) s"; }
 step ot 170 python3 benchmarks/gpu_ot.py
 step eval 200 python3 benchmarks/gpu_eval.py
