@@ -12,7 +12,9 @@ import torch
 
 ABSORB_LOG = 30.0  # fold scalings into the potentials once |log u| or |log v| exceeds this (float32 safe: e^88)
 COMPACT_FRACTION = 0.25  # compact the active set once this fraction of it has left (each compaction copies)
-SWITCH_ITERS = 300  # hand a problem to the Newton polish when more Sinkhorn iterations than this are predicted
+SWITCH_ITERS = 50  # hand a problem to the Newton polish when more Sinkhorn iterations than this are predicted
+# (measured: 300 -> 50 cuts the operations of a 112-batch solve 2-3x, the bound on small GPU batches, at equal or
+# better CPU throughput on 10^4-10^5 pair batches)
 MIN_ITERS = 20  # ... but not before this many iterations (the rate estimate needs a few checks to settle)
 
 
