@@ -102,7 +102,7 @@ def _start_ray(plan: Plan, address: str | None, num_cpus: float | None) -> bool:
     return True
 
 
-def _param_space(plan: Plan, launch: dict[str, Any]) -> dict[str, Any]:
+def _param_space(plan: Plan) -> dict[str, Any]:
     """Tune's config per trial: its label (a grid search over labels) and the sampled search values; the specs
     themselves travel once through the object store (:func:`_trainable`)."""
     from ray import tune
@@ -151,7 +151,7 @@ def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resource
             reduction_factor=search.scheduler.reduction_factor)
     return tune.Tuner(
         trainable,
-        param_space=_param_space(plan, launch),
+        param_space=_param_space(plan),
         tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
                                     max_concurrent_trials=max(1, planning.concurrency(plan, resources,
                                                                                        autoscaling=autoscaling)),

@@ -83,3 +83,30 @@ def test_results_table_printed(tiny_grid, capsys):
     assert lines[0].split()[:4] == ["trial", "loss", "mode", "status"]
     assert "diml@5 R@1" in lines[0] and "global R@1" in lines[0]
     assert len(lines) == 4 and all("FINISHED" in line for line in lines[2:])
+
+
+def test_embeddings_parquet_rescored_without_the_model(tiny_grid, tmp_path):
+    """The logged test embeddings re-score at a new depth without the model, and reproduce the logged metrics."""
+    from diml.evaluation import evaluate, load_embeddings
+
+    c, _, _, children = _runs(tiny_grid)
+    run = children[0]
+    local = c.download_artifacts(run.info.run_id, "embeddings/test_embeddings.parquet", str(tmp_path))
+    emb = load_embeddings(local)
+    assert emb.local_emb.shape[0] == emb.global_emb.shape[0] == len(emb.labels) == 24  # 4 test classes x 6
+    again = evaluate(emb.global_emb, emb.labels, emb.local_emb, depths=(5, 7))
+    logged = run.data.metrics
+    assert again["global"]["R@1"] == pytest.approx(logged["best/test/global/R_at_1"], abs=1e-6)
+    assert again["diml@5"]["MAP@R"] == pytest.approx(logged["best/test/diml_K5/MAP_at_R"], abs=1e-4)
+    assert set(again) >= {"global", "diml@5", "diml@7"}
+
+
+def test_explanations_logged_with_an_index_page(tiny_grid, tmp_path):
+    c, _, _, children = _runs(tiny_grid)
+    for run in children:
+        names = [a.path for a in c.list_artifacts(run.info.run_id, "explanations")]
+        assert "explanations/index.html" in names
+        assert any(n.endswith("_flow.png") for n in names) and any(n.endswith(".json") for n in names)
+        page = c.download_artifacts(run.info.run_id, "explanations/index.html", str(tmp_path / run.info.run_id))
+        text = open(page).read()
+        assert "<img" in text and "q00_flow.png" in text

@@ -73,3 +73,31 @@ def test_autoscaling_cluster_trusts_the_spec_limit():
     empty = Resources(cpus=8, gpus=0, where="cluster")
     assert concurrency(plan, empty) == 0
     assert concurrency(plan, empty, autoscaling=True) == 5
+
+
+def test_search_space_becomes_tune_domains_and_combines_with_the_grid():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from pipeline.run import _param_space
+
+    raw = {**BASE, "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+                                        "loss.params.margin": {"type": "choice", "values": [0.1, 0.2]},
+                                        "batch.batches_per_epoch": {"type": "randint", "low": 1, "high": 4}},
+                              "num_samples": 3, "scheduler": {"name": "asha", "grace_period": 1}}}
+    plan = build_plan(raw)
+    space = _param_space(plan)
+    assert space["trial"] == {"grid_search": [t.label for t in plan.trials]}
+    assert isinstance(space["optimizer__lr"], Float) and space["optimizer__lr"].lower == 1e-5
+    assert isinstance(space["loss__params__margin"], Categorical)
+    assert isinstance(space["batch__batches_per_epoch"], Integer)
+    assert "trials: 18 (6 grid points x 3 search samples)" in describe(plan, assumed_resources("CPU=64,GPU=8"))
+
+
+def test_sampled_values_fill_the_trial_spec():
+    from pipeline.specs import RunSpec
+    from pipeline.trial import _decode_search, apply_search
+
+    spec = build_plan(BASE).trials[0].spec.model_dump(mode="json")
+    filled = RunSpec.model_validate(apply_search(spec, _decode_search({"optimizer__lr": 3e-4,
+                                                                       "loss__params__margin": 0.1})))
+    assert filled.optimizer.lr == 3e-4 and filled.loss.params == {"margin": 0.1}
