@@ -62,7 +62,7 @@ def _short(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, (dict, list)):
         items = value.values() if isinstance(value, dict) else value
-        return "-".join(_short(v) for v in items if not _is_path(v))
+        return "-".join(_short(v) for v in items if v is not None and not _is_path(v))
     return str(value)
 
 

@@ -53,6 +53,10 @@ def storage_path(plan: Plan) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.run import QUIET_ENV
+
+    for key, value in QUIET_ENV.items():  # before Ray is imported: some are read at import time
+        os.environ.setdefault(key, value)
     args = parse_args(argv)
     try:
         plan = build_plan(load_spec_file(args.spec), source=args.spec, sets=args.sets)

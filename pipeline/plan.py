@@ -73,8 +73,11 @@ def local_resources(address: str | None = None) -> Resources:
 
 
 def schedulable_cpus(plan: Plan, resources: Resources) -> float:
-    """Local mode declares at least enough logical CPUs for the largest trial (CPUs are scheduling tokens)."""
-    return max(resources.cpus, max(Demand.of(t.spec).cpus for t in plan.trials))
+    """Local mode declares at least enough logical CPUs for the largest trial, times
+    ``resources.max_concurrent_trials`` when set (CPUs are scheduling tokens: on a laptop, overlapping trials hides
+    each trial's start-up of its worker processes, which is mostly waiting)."""
+    worst = max(Demand.of(t.spec).cpus for t in plan.trials)
+    return max(resources.cpus, worst * (plan.trials[0].spec.resources.max_concurrent_trials or 1))
 
 
 def concurrency(plan: Plan, resources: Resources, *, autoscaling: bool = False) -> int:
