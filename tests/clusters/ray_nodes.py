@@ -80,27 +80,32 @@ class TwoNodeCluster:
         return "\n".join(parts)
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on 127.0.0.1 right now (all held open until all are chosen)."""
-    sockets = []
+def free_ports(count: int, avoid: range = range(0)) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (all held open until all are chosen), none in
+    `avoid` (e.g. the node's worker-port range: Ray refuses a component port inside it)."""
+    sockets, chosen = [], []
     try:
-        for _ in range(count):
+        while len(chosen) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
+            sockets.append(s)  # held open, so the OS does not hand out the same port again
+            if s.getsockname()[1] not in avoid:
+                chosen.append(s.getsockname()[1])
+        return chosen
     finally:
         for s in sockets:
             s.close()
 
 
-def free_port_range(width: int, *, low: int = 20000, high: int = 60000) -> tuple[int, int]:
-    """A contiguous range of `width` ports in [low, high) none of which is bound right now."""
+def free_port_range(width: int, *, low: int = 20000, high: int = 60000, avoid: tuple[int, ...] = ()
+                    ) -> tuple[int, int]:
+    """A contiguous range of `width` ports in [low, high) none of which is bound right now or in `avoid`."""
     rng = range(low, high - width, width)
     start_at = (os.getpid() * 7919) % len(rng)  # spread concurrent test sessions over the space
     for i in range(len(rng)):
         base = rng[(start_at + i) % len(rng)]
-        if all(_port_is_free(p) for p in range(base, base + width)):
+        if not any(base <= p < base + width for p in avoid) and \
+                all(_port_is_free(p) for p in range(base, base + width)):
             return base, base + width - 1
     raise RuntimeError(f"no free range of {width} ports in [{low}, {high})")
 
@@ -116,8 +121,8 @@ def _port_is_free(port: int) -> bool:
 
 def _node_command(*, head: bool, gcs_port: int, temp_dir: Path, num_cpus: int,
                   object_store_bytes: int, resources: dict[str, float] | None) -> list[str]:
-    ports = free_ports(6)
-    low, high = free_port_range(64)
+    low, high = free_port_range(64, avoid=(gcs_port,))
+    ports = free_ports(6, avoid=range(low, high + 1))
     cmd = [
         str(_RAY_EXE), "start", "--block", "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
