@@ -127,6 +127,8 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
                      pair_chunk=pair_chunk, candidate_similarity=similarity)
     _sync(device)
     multi_s = time.perf_counter() - start
+    if multi[f"diml@{depth}"] != ours[f"diml@{depth}"]:  # one pass for several depths must not change any of them
+        raise RuntimeError(f"depths (10, 50, {depth}) in one pass disagree with diml@{depth} alone")
     subset = torch.arange(0, n, n // loop_queries, device=device)[:loop_queries]  # spread over all classes
     loop, loop_s = per_query_loop(glob, labels, local, subset, depth, similarity)
     mine = ours_for_queries(glob, labels, local, subset, depth, similarity)

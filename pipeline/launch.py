@@ -14,7 +14,6 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
 
 from pipeline import plan as planning
 from pipeline import tracking
