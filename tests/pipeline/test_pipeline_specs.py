@@ -204,3 +204,13 @@ def test_env_references_in_roots(monkeypatch, tmp_path):
     assert expand_env("${DIML_DATA:-/data}/x") == "/data/x"
     with pytest.raises(ValueError, match="environment variable DIML_DATA is not set"):
         expand_env("${DIML_DATA}/x")
+
+
+def test_readme_spec_example_validates(tmp_path):
+    """The YAML example in the README is a real spec (its dataset root pointed at an existing folder)."""
+    readme = pathlib.Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    raw = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    raw["data"]["root"] = str(tmp_path)
+    plan = build_plan(raw, source="README.md")
+    assert len(plan.trials) == 12
+    assert {t.spec.optimizer.lr for t in plan.trials if t.spec.loss.name == "multisimilarity"} == {2e-5}
