@@ -60,7 +60,7 @@ def bench_case(loss_name: str, similarity: str, miner: str | None, args, device:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
-        model = torch.compile(model)
+        model.compile()  # in place, as the pipeline does
     n_classes = args.batch // 2
     loss = build_loss(loss_name, {}, similarity=similarity, num_classes=n_classes, embed_dim=128, miner=miner,
                       ot={"eps": 0.05, "marginals": "cross_attention", "max_iter": 200, "tol": TRAINING_TOL}

@@ -176,8 +176,8 @@ def _setup(config: dict[str, Any]):
         module.model.to(memory_format=torch.channels_last)
     optimizer = build.build_optimizer(spec, module.model, module.loss)
     scheduler = build.build_scheduler(spec, optimizer)
-    if spec.model.compile:
-        module.model = torch.compile(module.model)
+    if spec.model.compile:  # in place: the state dict keeps its keys, so checkpoints load into plain models
+        module.model.compile()
     if ctx.world_size > 1:
         module = ray.train.torch.prepare_model(module, move_to_device=False)
     return ctx, splits, module, optimizer, scheduler
