@@ -42,7 +42,8 @@ def model_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def ot_options(ot: OTSpec) -> dict[str, Any]:
-    return {"eps": ot.eps, "marginals": ot.marginals, "max_iter": ot.max_iter, "tol": ot.tol}
+    """Keyword options of :mod:`diml.ot` (eps, marginals, max_iter, tol, check_every, newton_steps)."""
+    return ot.model_dump()
 
 
 def build_loss(spec: RunSpec, num_classes: int) -> torch.nn.Module:
@@ -93,5 +94,4 @@ def evaluation_options(spec: RunSpec) -> dict[str, Any]:
     e = spec.evaluation
     ot = ot_options(e.ot)
     return {"depths": tuple(e.depths), "ks": tuple(e.ks), "r_includes_query": e.r_includes_query,
-            "eps": ot["eps"], "marginals": ot["marginals"],
-            "ot_options": {"max_iter": ot["max_iter"], "tol": ot["tol"]}, "seed": spec.seed}
+            "eps": ot.pop("eps"), "marginals": ot.pop("marginals"), "ot_options": ot, "seed": spec.seed}

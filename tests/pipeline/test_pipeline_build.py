@@ -97,3 +97,21 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     assert options["depths"] == (100,) and options["ot_options"]["tol"] == 1e-6
     assert build.model_config(spec) == {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": True,
                                         "image_size": 224}
+
+
+def test_training_ot_defaults_are_what_the_training_benchmark_measures():
+    import importlib.util
+    import pathlib
+
+    from pipeline.specs import TRAINING_OT, LossSpec
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.TRAINING_OT == TRAINING_OT
+    ot = LossSpec().ot
+    assert (ot.tol, ot.check_every, ot.newton_steps) == (1e-4, 10, 5)
+    spec_eval = build_plan(BASE).trials[0].spec
+    assert build.evaluation_options(spec_eval)["ot_options"] == {"max_iter": 200, "tol": 1e-6, "check_every": 5,
+                                                                  "newton_steps": 30}
