@@ -24,7 +24,7 @@ from diml.models import build_model
 
 # The pipeline's default OT options inside training losses, pipeline.specs.TRAINING_OT (copied: the GPU machine
 # that runs this script has no pydantic; tests/pipeline/test_pipeline_build.py keeps the two equal)
-TRAINING_OT = {"tol": 1e-4, "check_every": 10, "newton_steps": 5}
+TRAINING_OT = {"tol": 1e-4}
 
 CASES = (
     ("margin", "global", "distance"),

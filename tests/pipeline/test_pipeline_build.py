@@ -111,7 +111,7 @@ def test_training_ot_defaults_are_what_the_training_benchmark_measures():
     spec.loader.exec_module(bench)
     assert bench.TRAINING_OT == TRAINING_OT
     ot = LossSpec().ot
-    assert (ot.tol, ot.check_every, ot.newton_steps) == (1e-4, 10, 5)
+    assert (ot.tol, ot.check_every, ot.newton_steps) == (1e-4, 5, 30)
     spec_eval = build_plan(BASE).trials[0].spec
     assert build.evaluation_options(spec_eval)["ot_options"] == {"max_iter": 200, "tol": 1e-6, "check_every": 5,
                                                                   "newton_steps": 30}
