@@ -130,41 +130,46 @@ def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
     come from :func:`candidate_products`; the small products are divided by the norms instead of normalising the
     large tensor.  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
     """
-    nq, k, c, r = c_local.shape
+    nq, k, _, r = c_local.shape
     # per-query GEMMs pay off on a CPU only when each query has many candidates (re-ranking, not mined pairs)
     per_query = not c_local.is_cuda and k >= PER_QUERY_MIN_CANDIDATES
     products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=per_query)
-    products = products / norms.clamp_min(1e-12).unsqueeze(3)  # as F.normalize: x / max(|x|, 1e-12)
-    cell_sim = products[..., :r].transpose(2, 3)  # [p, k, i, j] = q_i . c_j
+    products = products / norms.clamp_min(1e-12).unsqueeze(2)  # as F.normalize: x / max(|x|, 1e-12)
+    cell_sim = products[:, :, :r]  # [p, k, i, j] = q_i . c_j
     if marginals == "uniform":
         a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
         return cell_sim, a, a.clone()
     cg = F.normalize(c_global.to(qn.dtype), dim=-1)
     a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
-    b = _normalise_attention(products[..., r])  # g_query . c_cell_j
+    b = _normalise_attention(products[:, :, r])  # g_query . c_cell_j
     return cell_sim, a, b
 
 
 def candidate_products(qn, qg, c_local, *, per_query: bool):
-    """``products (Nq, K, R, R + 1)``: raw candidate cell ``j`` against the normalised query cells ``i < R`` and
-    the query global vector (column ``R``); ``norms (Nq, K, R)``: the candidate cell norms.
+    """``products (Nq, K, R + 1, R)``: the normalised query cells ``i < R`` and the query global vector (row ``R``)
+    against the raw candidate cell ``j``; ``norms (Nq, K, R)``: the candidate cell norms.
 
-    ``per_query`` (CPU): one batched GEMM per query whose shared operand is broadcast over the ``K`` candidates
-    (stride 0) and whose candidate operand is read in place as ``(C, R)^T`` blocks, plus the Gram diagonals for the
-    norms; measured on 1,000 x 100 pairs this avoids a transposed copy of the candidate tensor that cost more than
-    all the products (0.4 s instead of 1.2 s).  Otherwise (GPU, where the copy is cheap and a loop of small kernels
-    is not) the cells are transposed once into ``(Nq, K R, C)`` rows for one batched GEMM.
+    ``per_query`` (CPU): per query, one batched GEMM ``(R + 1, C) @ (C, R)`` over its ``K`` candidates, whose shared
+    operand is broadcast (stride 0) and whose candidate operand is read in place, then the squared norms while the
+    candidates are still in cache.  Measured on 1,000 x 100 pairs (C = 128, 4x4 grid, one thread): 0.35 s, against
+    0.58 s for products with the transposed operands plus norms from Gram diagonals, and 1.2 s for one transposed
+    copy of the candidate tensor.  Otherwise (GPU, where the copy is cheap and a loop of small kernels is not) the
+    cells are transposed once into ``(Nq, K R, C)`` rows for one batched GEMM.
     """
     nq, k, c, r = c_local.shape
     right = torch.cat([qn, qg.unsqueeze(2)], dim=2)  # (Nq, C, R + 1)
     if per_query:
-        products = torch.stack([torch.bmm(c_local[p].transpose(1, 2), right[p].expand(k, c, r + 1))
-                                for p in range(nq)]) if nq else c_local.new_zeros(0, k, r, r + 1)
-        norms = torch.stack([torch.bmm(c_local[p].transpose(1, 2), c_local[p]).diagonal(dim1=1, dim2=2)
-                             for p in range(nq)]).sqrt() if nq else c_local.new_zeros(0, k, r)
-        return products, norms
+        products = c_local.new_empty(nq, k, r + 1, r)
+        norms = c_local.new_empty(nq, k, r)
+        left = right.transpose(1, 2)  # (Nq, R + 1, C)
+        for p in range(nq):
+            cand = c_local[p]
+            torch.bmm(left[p].expand(k, r + 1, c), cand, out=products[p])
+            torch.linalg.vecdot(cand, cand, dim=1, out=norms[p])
+        return products, norms.sqrt_()
     cells = c_local.transpose(2, 3).reshape(nq, k * r, c)
-    return (cells @ right).view(nq, k, r, r + 1), torch.linalg.vector_norm(cells, dim=2).view(nq, k, r)
+    return ((cells @ right).view(nq, k, r, r + 1).transpose(2, 3),
+            torch.linalg.vector_norm(cells, dim=2).view(nq, k, r))
 
 
 def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:
@@ -176,7 +181,9 @@ def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every
     batch_shape = cell_sim.shape[:-2]
     r = cell_sim.shape[-1]
     flat = cell_sim.reshape(-1, r, r)
-    if flat.numel() and not bool(torch.isfinite(flat).all() & torch.isfinite(a).all() & torch.isfinite(b).all()):
+    # one reduction instead of three isfinite passes: |S| <= 1 and 0 <= a, b <= 1, so only NaN/inf can make it
+    # non-finite
+    if flat.numel() and not bool(torch.isfinite(flat.sum() + a.sum() + b.sum())):
         raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
     res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), eps=float(eps),
                 max_iter=max_iter, tol=float(tol), newton_steps=newton_steps, check_every=check_every, grad=grad,

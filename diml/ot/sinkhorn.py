@@ -39,8 +39,16 @@ from typing import NamedTuple
 
 import torch
 
-from diml.ot import _options
-from diml.ot._scaling import LogKernel, Outputs, initial_kernel, scaling_phase
+from diml.ot import _cpu, _options
+from diml.ot._scaling import (
+    ABSORB_LOG,
+    MIN_ITERS,
+    SWITCH_ITERS,
+    LogKernel,
+    Outputs,
+    initial_kernel,
+    scaling_phase,
+)
 from diml.ot.newton import gibbs_plan, newton_step
 
 
@@ -148,8 +156,13 @@ def solve(lk: LogKernel, a, b, *, eps, max_iter, tol, newton_steps, check_every,
         newton_used = 0
         if B:
             kernel, x, y = initial_kernel(lk, direct)
-            rest = scaling_phase(lk, kernel, x, y, a, b, outputs, max_iter=max_iter, tol=tol,
-                                 check_every=check_every, polish=newton_steps > 0)
+            if _cpu.applies(kernel, direct=direct, differentiable=differentiable):  # compiled, one problem at a time
+                rest = _cpu.scale(kernel, a, b, outputs, max_iter=max_iter, tol=tol, check_every=check_every,
+                                  min_iters=MIN_ITERS, switch_iters=SWITCH_ITERS, polish=newton_steps > 0,
+                                  absorb_log=ABSORB_LOG)
+            else:
+                rest = scaling_phase(lk, kernel, x, y, a, b, outputs, max_iter=max_iter, tol=tol,
+                                     check_every=check_every, polish=newton_steps > 0)
             if rest is not None:
                 newton_used = _newton_phase(lk, a, b, *rest, outputs, steps=newton_steps, tol=tol)
         x, y, plan = outputs.finish() if B else (a.clone(), b.clone(), lk.source.clone())

@@ -178,6 +178,6 @@ def test_candidate_products_per_query_equal_the_transposed_copy_path():
     c_local = torch.randn(3, 5, 8, 4, generator=gen, dtype=torch.float64)
     loop_p, loop_n = candidate_products(qn, qg, c_local, per_query=True)
     copy_p, copy_n = candidate_products(qn, qg, c_local, per_query=False)
-    expected = torch.einsum("pkcj,pci->pkji", c_local, torch.cat([qn, qg.unsqueeze(2)], 2))
-    assert loop_p.shape == (3, 5, 4, 5) and torch.allclose(loop_p, expected) and torch.allclose(copy_p, expected)
+    expected = torch.einsum("pkcj,pci->pkij", c_local, torch.cat([qn, qg.unsqueeze(2)], 2))
+    assert loop_p.shape == (3, 5, 5, 4) and torch.allclose(loop_p, expected) and torch.allclose(copy_p, expected)
     assert torch.allclose(loop_n, c_local.norm(dim=2)) and torch.allclose(copy_n, c_local.norm(dim=2))

@@ -1,0 +1,117 @@
+"""The compiled CPU scaling phase (diml.ot._cpu) against the tensor path and against POT in float64."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ot_testkit import near_duplicates, pot_plan, random_images, reference_terms
+
+from diml.ot import _cpu, match, structural_similarity
+from diml.ot._scaling import LogKernel
+from diml.ot.sinkhorn import solve
+
+pytestmark = pytest.mark.skipif(not _cpu.ENABLED, reason="numba is not installed or DIML_OT_CPU_KERNEL=0")
+
+EPS = 0.05
+
+
+def _terms(n_images=9, cells=16, seed=0, dup_noise=None):
+    """Cell similarities and marginals of all pairs of ``n_images`` (plus near-duplicates if ``dup_noise``)."""
+    images = random_images(n_images, channels=32, cells=cells, seed=seed)
+    if dup_noise is not None:
+        dup = near_duplicates(images, dup_noise)
+        images = (torch.cat([images[0], dup[0]]), torch.cat([images[1], dup[1]]))
+    S, a, b = reference_terms(*images, *images)
+    return S.reshape(-1, cells, cells), a.reshape(-1, cells), b.reshape(-1, cells)
+
+
+def _solve(S, a, b, compiled: bool, monkeypatch, **kw):
+    monkeypatch.setattr(_cpu, "ENABLED", compiled)
+    opts = dict(eps=EPS, max_iter=300, tol=1e-6, newton_steps=30, check_every=5, grad="plan_constant")
+    opts.update(kw)
+    return solve(LogKernel(S, 1 / EPS, -1 / EPS), a, b, direct=True, **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_same_iterations_and_plans_as_the_tensor_path(dtype, monkeypatch):
+    # 9 random images plus their near-duplicates: 324 pairs, more than the lanes, mixing fast, slow and polished
+    S, a, b = (t.to(dtype) for t in _terms(dup_noise=0.03))
+    a[3, :5] = 0.0  # zero-mass rows and columns
+    b[7, 2] = 0.0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    compiled = _solve(S, a, b, True, monkeypatch)
+    tensor = _solve(S, a, b, False, monkeypatch)
+    assert compiled.plan.dtype == dtype
+    assert int((compiled.problem_newton_steps > 0).sum()) >= 10  # the near-duplicates went to the polish
+    assert int((compiled.problem_newton_steps == 0).sum()) >= 100
+    # The same algorithm: the same checks and switch rule.  Summation order differs, so a problem whose error sits
+    # at a threshold at some check may leave one check (5 iterations) earlier or later on the other path.
+    differ = compiled.problem_iterations != tensor.problem_iterations
+    assert int(differ.sum()) <= 0.05 * len(differ)
+    assert int((compiled.problem_iterations - tensor.problem_iterations).abs().max()) <= 5
+    assert float((compiled.plan - tensor.plan).abs().max()) <= 1e-6
+    assert bool(compiled.converged.all()) and float(compiled.marginal_error.max()) <= 1e-6
+    assert float(compiled.plan[3, :5].abs().max()) == 0.0 and float(compiled.plan[7, :, 2].abs().max()) == 0.0
+    assert compiled.f[3, 0] == -float("inf") and compiled.g[7, 2] == -float("inf")
+
+
+def test_plans_match_pot_in_float64(monkeypatch):
+    # random images (the near-duplicates' polished plans are checked against POT in test_ot_sinkhorn; here the
+    # compiled path agrees with the tensor path on them, above)
+    S, a, b = _terms(n_images=5, cells=9, seed=5)
+    res = _solve(S.float(), a.float(), b.float(), True, monkeypatch)
+    off_diagonal = [k for k in range(S.shape[0]) if k // 5 != k % 5]  # self-pairs are near-permutations
+    assert bool((res.problem_newton_steps[off_diagonal] == 0).all())
+    for k in off_diagonal:
+        ref = pot_plan(1 - S[k], a[k], b[k], EPS, stop=1e-12)
+        assert np.abs(res.plan[k].double().numpy() - ref).max() <= 1e-5
+
+
+def test_rectangular_problems_fewer_than_the_lanes_and_one_problem(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    for B in (1, 5, _cpu.LANES + 1):
+        S = torch.rand(B, 4, 7, generator=gen) * 2 - 1
+        a = torch.rand(B, 4, generator=gen)
+        b = torch.rand(B, 7, generator=gen)
+        a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+        compiled = _solve(S, a, b, True, monkeypatch)
+        tensor = _solve(S, a, b, False, monkeypatch)
+        assert int((compiled.problem_iterations - tensor.problem_iterations).abs().max()) <= 5
+        assert float((compiled.plan - tensor.plan).abs().max()) <= 1e-6
+
+
+def test_max_iter_without_polish_reports_the_unconverged_iterate(monkeypatch):
+    S, a, b = _terms(n_images=3, dup_noise=0.02)
+    compiled = _solve(S.float(), a.float(), b.float(), True, monkeypatch, max_iter=12, newton_steps=0)
+    tensor = _solve(S.float(), a.float(), b.float(), False, monkeypatch, max_iter=12, newton_steps=0)
+    assert int(compiled.problem_iterations.max()) == 12 and not bool(compiled.converged.all())
+    assert torch.equal(compiled.converged, tensor.converged)
+    assert float((compiled.plan - tensor.plan).abs().max()) <= 1e-6
+
+
+def test_public_functions_agree_with_the_tensor_path(monkeypatch):
+    q = random_images(6, channels=32, cells=16, seed=8)
+    r = near_duplicates(q, 0.1)
+    args = (q[0].float(), q[1].float(), r[0].float(), r[1].float())
+    sims = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(_cpu, "ENABLED", compiled)
+        sims[compiled] = structural_similarity(*args, chunk_size=7)
+    assert float((sims[True] - sims[False]).abs().max()) <= 1e-6
+    # autodiff never takes the compiled path (it needs the graph), and still gives the same values
+    monkeypatch.setattr(_cpu, "ENABLED", True)
+    grad_args = [t.clone().requires_grad_(True) for t in args]
+    autodiff = match(*grad_args, grad="autodiff")
+    autodiff.similarity.sum().backward()
+    assert grad_args[0].grad is not None
+    assert float((autodiff.similarity.detach() - sims[True]).abs().max()) <= 1e-5
+
+
+def test_environment_variable_disables_the_compiled_path():
+    code = "from diml.ot import _cpu; print(_cpu.ENABLED)"
+    env = {**os.environ, "DIML_OT_CPU_KERNEL": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
