@@ -44,6 +44,11 @@ def applies(kernel: torch.Tensor, *, direct: bool, differentiable: bool) -> bool
             and kernel.dtype in (torch.float32, torch.float64))
 
 
+def applies_polish(kernel: torch.Tensor, *, differentiable: bool) -> bool:
+    """Whether :func:`newton_polish` serves the polish: numba present and enabled, CPU, no autograd."""
+    return ENABLED and not differentiable and kernel.device.type == "cpu"
+
+
 def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switch_iters, polish, absorb_log):
     """Run the scaling phase on every problem of ``kernel (B, n, m)`` (contiguous, CPU) with marginals ``a, b``.
 
@@ -58,17 +63,11 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
     options = (int(max_iter), float(tol), int(check_every), int(min_iters), float(switch_iters), bool(polish),
                float(absorb_log))
 
-    def run(lo: int, hi: int) -> None:
-        _scale_problems(*(t[lo:hi] for t in arrays), *options, *(t[lo:hi] for t in outs))
-
-    # the kernel releases the GIL: split large batches over torch's intra-op threads (disjoint output slices)
-    threads = min(torch.get_num_threads(), B // (4 * LANES))
-    if threads > 1:
-        bounds = [B * t // threads for t in range(threads + 1)]
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, bounds[:-1], bounds[1:]))
-    else:
-        run(0, B)
+    _over_threads(lambda lo, hi: _scale_problems(*(t[lo:hi] for t in arrays), *options, *(t[lo:hi] for t in outs)),
+                  B, 4 * LANES)
+    neg = torch.finfo(outputs.x.dtype).min / 4  # log(0) held as a large finite negative number, as the tensor path
+    for scalings, marginal in ((outputs.x, a), (outputs.y, b)):
+        scalings.copy_(torch.where(marginal > 0, scalings.log(), neg))
     left = torch.from_numpy(status).nonzero().squeeze(1)
     if len(left) == 0:
         return None
@@ -76,6 +75,18 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
 
 
 LANES = 64  # problems iterated side by side (the innermost, vectorised axis); measured 64 > 48 > 128 >> 16, 32
+
+
+def _over_threads(run, B: int, min_per_thread: int) -> None:
+    """``run(lo, hi)`` on contiguous slices of ``range(B)``, over torch's intra-op threads when each gets at least
+    ``min_per_thread`` problems (the kernels release the GIL and write disjoint output slices)."""
+    threads = min(torch.get_num_threads(), B // min_per_thread)
+    if threads <= 1:
+        run(0, B)
+        return
+    bounds = [B * t // threads for t in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, bounds[:-1], bounds[1:]))
 
 
 def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch_iters, polish, absorb_log,
@@ -98,16 +109,17 @@ def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch
     ktu = np.ones((m, LANES), dtype=dt)
     lane_p = np.full(LANES, -1, dtype=np.int64)
     lane_it = np.zeros(LANES, dtype=np.int64)
+    lane_next = np.zeros(LANES, dtype=np.int64)  # the lane's next check (no integer modulo per iteration)
     lane_prev = np.full(LANES, np.inf)
     tiny = np.finfo(dt).tiny
     half_tol = 0.5 * tol
     hi, lo = math.exp(absorb_log), math.exp(-absorb_log)
-    neg = np.finfo(x_out.dtype).min / 4
+    first_check = min(check_every, max_iter)
     nxt = 0
     busy = 0
     for lane in range(LANES):  # fill the lanes
         if nxt < B:
-            _load(kern, a, b, nxt, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev)
+            _load(kern, a, b, nxt, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev, lane_next, first_check)
             nxt += 1
             busy += 1
     while busy > 0:
@@ -136,7 +148,7 @@ def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch
                 continue
             lane_it[lane] += 1
             it = lane_it[lane]
-            if it % check_every != 0 and it < max_iter:
+            if it < lane_next[lane]:
                 continue
             err = 0.0
             for i in range(n):
@@ -165,19 +177,20 @@ def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch
                         status = 1
             if status < 0:
                 lane_prev[lane] = err
+                lane_next[lane] = min(it + check_every, max_iter)
                 continue
             iters_out[p] = it
             status_out[p] = status
-            for i in range(n):
-                x_out[p, i] = math.log(u[i, lane]) if ab[i, lane] > 0 else neg
+            for i in range(n):  # the scalings; the caller takes their logarithms in one vectorised pass
+                x_out[p, i] = u[i, lane]
             for j in range(m):
-                y_out[p, j] = math.log(v[j, lane]) if bb[j, lane] > 0 else neg
+                y_out[p, j] = v[j, lane]
             if status == 0:
                 for i in range(n):
                     for j in range(m):
-                        plan_out[p, i, j] = u[i, lane] * kb[i, j, lane] * v[j, lane]
+                        plan_out[p, i, j] = u[i, lane] * kern[p, i, j] * v[j, lane]  # kern: contiguous
             if nxt < B:
-                _load(kern, a, b, nxt, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev)
+                _load(kern, a, b, nxt, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev, lane_next, first_check)
                 nxt += 1
             else:  # idle: a harmless uniform problem
                 lane_p[lane] = -1
@@ -192,7 +205,7 @@ def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch
                     v[j, lane] = 1.0
 
 
-def _load_py(kern, a, b, p, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev):
+def _load_py(kern, a, b, p, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev, lane_next, first_check):
     """Put problem ``p`` into ``lane`` with ``v = 1`` (so ``K v`` is the row sums)."""
     n, m = kern.shape[1], kern.shape[2]
     for i in range(n):
@@ -207,9 +220,193 @@ def _load_py(kern, a, b, p, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev)
         v[j, lane] = 1.0
     lane_p[lane] = p
     lane_it[lane] = 0
+    lane_next[lane] = first_check
     lane_prev[lane] = np.inf
 
 
 _load = numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_load_py) if numba is not None else _load_py
 _scale_problems = (numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_scale_problems_py)
                    if numba is not None else _scale_problems_py)
+
+
+# ------------------------------------------------------------------------------------------------- Newton polish
+def newton_polish(log_k, a, b, x, y, outputs, idx, iters, *, steps, tol, trust, armijo, halvings) -> int:
+    """The float64 damped Newton polish of :mod:`diml.ot.newton`, compiled, one problem at a time.
+
+    Args: ``log_k (P, n, m)``, ``a (P, n)``, ``b (P, m)`` (same masses), potentials ``x (P, n)``, ``y (P, m)``, all
+    float64; ``idx (P,)`` the problems' rows in ``outputs``; ``iters (P,)`` their Sinkhorn iterations.  Results are
+    written into ``outputs``.  Returns the largest number of Newton steps used.
+
+    Same steps as :func:`diml.ot.newton.newton_step` (Laplacian from the off-diagonal weights, gauge fixed by
+    ``1_s 1_s^T``, trust region, Armijo backtracking); the dual gain uses
+    ``expm1(s + t) = expm1(s) + expm1(t) + expm1(s) expm1(t)`` so that a step takes ``n + m`` ``expm1`` instead of
+    ``n m``.
+    """
+    P, n, m = log_k.shape
+    x, y = x.contiguous().numpy().copy(), y.contiguous().numpy().copy()
+    plan = np.empty((P, n, m), dtype=np.float64)
+    used = np.zeros(P, dtype=np.int64)
+    arrays = (log_k.contiguous().numpy(), a.contiguous().numpy(), b.contiguous().numpy(), x, y, plan, used)
+    options = (int(steps), float(tol), float(trust), float(armijo), int(halvings))
+    _over_threads(lambda lo, hi: _newton_problems(*(t[lo:hi] for t in arrays), *options), P, 64)
+    outputs.add(idx, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(plan), iters, 0)
+    used_t = torch.from_numpy(used)
+    outputs.newton_steps.index_copy_(0, idx, used_t)
+    return int(used_t.max()) if P else 0
+
+
+def _newton_problems_py(log_k, a, b, x, y, plan, used, steps, tol, trust, armijo, halvings):
+    P, n, m = log_k.shape
+    rows = np.empty(n)
+    cols = np.empty(m)
+    r_inv = np.empty(n)
+    gx = np.empty(n)
+    gy = np.empty(m)
+    w = np.empty((m, m))
+    chol = np.empty((m, m))
+    rhs = np.empty(m)
+    dx = np.empty(n)
+    dy = np.empty(m)
+    ea = np.empty(n)
+    eb = np.empty(m)
+    for p in range(P):
+        t_plan = plan[p]
+        for i in range(n):
+            for j in range(m):
+                t_plan[i, j] = math.exp(log_k[p, i, j] + x[p, i] + y[p, j])
+        for step in range(steps + 1):
+            for j in range(m):
+                cols[j] = 0.0
+            err = 0.0
+            for i in range(n):
+                total = 0.0
+                for j in range(m):
+                    total += t_plan[i, j]
+                    cols[j] += t_plan[i, j]
+                rows[i] = total
+                gx[i] = a[p, i] - total
+                err += abs(gx[i])
+            for j in range(m):
+                gy[j] = b[p, j] - cols[j]
+                err += abs(gy[j])
+            if err <= 0.5 * tol or step == steps:
+                used[p] = step
+                break
+            # Newton direction (diml.ot.newton.newton_direction)
+            for i in range(n):
+                r_inv[i] = 1.0 / rows[i] if rows[i] > 0 else 0.0
+            for j in range(m):
+                for k in range(m):
+                    w[j, k] = 0.0
+            for i in range(n):
+                ri = r_inv[i]
+                for j in range(m):
+                    tij = t_plan[i, j] * ri
+                    for k in range(m):
+                        w[j, k] += tij * t_plan[i, k]
+            top = 0.0
+            for j in range(m):
+                w[j, j] = 0.0
+                degree = 0.0
+                for k in range(m):
+                    degree += w[j, k]
+                if b[p, j] <= 0:
+                    degree += 1.0
+                chol[j, j] = degree  # the diagonal, before the ridge and the gauge term
+                top = max(top, degree)
+            ridge = 1e-13 * top
+            for j in range(m):
+                sj = 1.0 if b[p, j] > 0 else 0.0
+                for k in range(m):
+                    sk = 1.0 if b[p, k] > 0 else 0.0
+                    if k == j:
+                        chol[j, j] = chol[j, j] + ridge + sj * sk
+                    else:
+                        chol[j, k] = sj * sk - w[j, k]
+            for j in range(m):
+                total = gy[j]
+                for i in range(n):
+                    total -= t_plan[i, j] * r_inv[i] * gx[i]
+                rhs[j] = total
+            ok_chol = _cholesky_solve(chol, rhs, dy)
+            if not ok_chol:  # never step along a failed solve
+                for j in range(m):
+                    dy[j] = 0.0
+            for i in range(n):
+                total = gx[i]
+                for j in range(m):
+                    total -= t_plan[i, j] * dy[j]
+                dx[i] = r_inv[i] * total
+            # damped step (diml.ot.newton.newton_step)
+            slope = 0.0
+            linear = 0.0
+            for i in range(n):
+                slope += dx[i] * gx[i]
+                linear += dx[i] * a[p, i]
+            for j in range(m):
+                slope += dy[j] * gy[j]
+                linear += dy[j] * b[p, j]
+            big = 0.0
+            for i in range(n):
+                for j in range(m):
+                    if t_plan[i, j] > 0:
+                        big = max(big, abs(dx[i] + dy[j]))
+            t = min(1.0, trust / max(big, 1e-300))
+            accepted = False
+            for halving in range(halvings + 1):
+                for i in range(n):
+                    ea[i] = math.expm1(t * dx[i])
+                for j in range(m):
+                    eb[j] = math.expm1(t * dy[j])
+                growth = 0.0
+                for i in range(n):
+                    for j in range(m):
+                        growth += t_plan[i, j] * (ea[i] + eb[j] + ea[i] * eb[j])
+                if t * linear - growth >= armijo * t * slope:
+                    accepted = True
+                    break
+                t *= 0.5
+            if accepted:
+                for i in range(n):
+                    x[p, i] += t * dx[i]
+                    for j in range(m):
+                        t_plan[i, j] += t_plan[i, j] * (ea[i] + eb[j] + ea[i] * eb[j])
+                for j in range(m):
+                    y[p, j] += t * dy[j]
+
+
+def _cholesky_solve_py(mat, rhs, out):
+    """Solve ``mat @ out = rhs`` for a symmetric positive definite ``mat`` (overwritten by its Cholesky factor).
+    Returns False (``out`` undefined) if a pivot is not positive, as ``torch.linalg.cholesky_ex`` reports."""
+    m = mat.shape[0]
+    for j in range(m):
+        d = mat[j, j]
+        for k in range(j):
+            d -= mat[j, k] * mat[j, k]
+        if not d > 0:
+            return False
+        d = math.sqrt(d)
+        mat[j, j] = d
+        for i in range(j + 1, m):
+            s = mat[i, j]
+            for k in range(j):
+                s -= mat[i, k] * mat[j, k]
+            mat[i, j] = s / d
+    for i in range(m):  # L z = rhs
+        s = rhs[i]
+        for k in range(i):
+            s -= mat[i, k] * out[k]
+        out[i] = s / mat[i, i]
+    for i in range(m - 1, -1, -1):  # L^T out = z
+        s = out[i]
+        for k in range(i + 1, m):
+            s -= mat[k, i] * out[k]
+        out[i] = s / mat[i, i]
+    return True
+
+
+if numba is not None:
+    _cholesky_solve = numba.njit(cache=True, nogil=True)(_cholesky_solve_py)
+    _newton_problems = numba.njit(cache=True, nogil=True)(_newton_problems_py)
+else:  # pragma: no cover
+    _cholesky_solve, _newton_problems = _cholesky_solve_py, _newton_problems_py

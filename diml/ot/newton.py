@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import torch
 
-_HALVINGS = 5  # backtracking rounds of the line search
-_MAX_LOG_SHIFT = 8.0  # trust region: no log-plan entry moves by more than this in one step
-_ARMIJO = 1e-4  # sufficient-increase constant of the line search
+HALVINGS = 5  # backtracking rounds of the line search
+MAX_LOG_SHIFT = 8.0  # trust region: no log-plan entry moves by more than this in one step
+ARMIJO = 1e-4  # sufficient-increase constant of the line search
 
 
 def gibbs_plan(log_k: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ def newton_step(plan, rows, cols, a, b, x, y):
 
     Far from the optimum the Newton direction of a near-permutation plan is huge along almost flat directions of
     the dual (the exponential makes the quadratic model poor there), so the step is first capped so that no
-    log-plan entry moves by more than ``_MAX_LOG_SHIFT`` (a trust region, step ``t0``).  The dual gain
+    log-plan entry moves by more than ``MAX_LOG_SHIFT`` (a trust region, step ``t0``).  The dual gain
     ``D(t) - D(0) = t (<dx, a> + <dy, b>) - sum_ij T_ij expm1(t (dx_i + dy_j))`` must pass the Armijo test
     (gain >= 1e-4 t slope); problems that fail halve their step, up to five times, on a shrinking subset (one host
     sync per round), else take no step.  The new plan is ``T * exp(t (dx_i + dy_j))``, reused by the next step.
@@ -78,20 +78,20 @@ def newton_step(plan, rows, cols, a, b, x, y):
     slope = (dx * (a - rows)).sum(1) + (dy * (b - cols)).sum(1)  # g . H^-1 g > 0
     linear = (dx * a).sum(1) + (dy * b).sum(1)  # (B,)
     shift = torch.where(plan > 0, dx.unsqueeze(2) + dy.unsqueeze(1), torch.zeros_like(plan))  # (B, n, m)
-    t = (_MAX_LOG_SHIFT / torch.linalg.vector_norm(shift, ord=float("inf"), dim=(1, 2)).clamp_min(1e-300)
+    t = (MAX_LOG_SHIFT / torch.linalg.vector_norm(shift, ord=float("inf"), dim=(1, 2)).clamp_min(1e-300)
          ).clamp(max=1.0)
     growth = plan * torch.expm1(t.view(-1, 1, 1) * shift)
-    ok = t * linear - growth.sum((1, 2)) >= _ARMIJO * t * slope
+    ok = t * linear - growth.sum((1, 2)) >= ARMIJO * t * slope
     new_plan = plan + growth * ok.view(-1, 1, 1)
     todo = (~ok).nonzero().squeeze(1)  # the host sync of the line search
-    for halving in range(1, _HALVINGS + 1):
+    for halving in range(1, HALVINGS + 1):
         if len(todo) == 0:
             break
         t_todo, plan_todo = 0.5 * t[todo], plan[todo]
         growth = plan_todo * torch.expm1(t_todo.view(-1, 1, 1) * shift[todo])
-        ok = t_todo * linear[todo] - growth.sum((1, 2)) >= _ARMIJO * t_todo * slope[todo]
+        ok = t_todo * linear[todo] - growth.sum((1, 2)) >= ARMIJO * t_todo * slope[todo]
         new_plan = new_plan.index_copy(0, todo, plan_todo + growth * ok.view(-1, 1, 1))
-        last = halving == _HALVINGS
+        last = halving == HALVINGS
         t = t.index_copy(0, todo, torch.where(ok, t_todo, torch.zeros_like(t_todo) if last else t_todo))
         todo = todo[~ok] if not last else todo[:0]
     return x + t.unsqueeze(1) * dx, y + t.unsqueeze(1) * dy, new_plan

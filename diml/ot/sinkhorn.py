@@ -29,6 +29,10 @@ where ``f, g`` are the dual potentials.  Numerics, in order:
    permutation and whose Sinkhorn contraction is slow at small ``eps``.  On this 2-core CPU one Newton step costs
    about as much as 50-100 Sinkhorn iterations of the same problem and 5-10 steps reach 1e-12.
 
+On a CPU, without autograd and for kernels that need no shifts (DIML's cosine costs), steps 2-3 run compiled
+(:mod:`diml.ot._cpu`, numba): the same updates, checks and switch rule, one problem per vector lane, each problem
+leaving at its own check; about 4x faster per iteration than the tensor loop on this 2-core CPU.
+
 Zero-mass rows/columns (``a_i = 0``) are supported: their potential is ``-inf`` (held internally as a large finite
 negative number so that no ``inf - inf`` can appear) and their plan row/column is exactly zero.
 """
@@ -39,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from diml.ot import _cpu, _options
+from diml.ot import _cpu, _options, newton
 from diml.ot._scaling import (
     ABSORB_LOG,
     MIN_ITERS,
@@ -164,7 +168,8 @@ def solve(lk: LogKernel, a, b, *, eps, max_iter, tol, newton_steps, check_every,
                 rest = scaling_phase(lk, kernel, x, y, a, b, outputs, max_iter=max_iter, tol=tol,
                                      check_every=check_every, polish=newton_steps > 0)
             if rest is not None:
-                newton_used = _newton_phase(lk, a, b, *rest, outputs, steps=newton_steps, tol=tol)
+                newton_used = _newton_phase(lk, a, b, *rest, outputs, steps=newton_steps, tol=tol,
+                                            compiled=_cpu.applies_polish(kernel, differentiable=differentiable))
         x, y, plan = outputs.finish() if B else (a.clone(), b.clone(), lk.source.clone())
         err = _final_error(plan, a, b)
         neg_inf = torch.tensor(float("-inf"), dtype=plan.dtype, device=plan.device)
@@ -183,8 +188,10 @@ def _final_error(plan, a, b) -> torch.Tensor:
                                             ).abs().sum(1)
 
 
-def _newton_phase(lk: LogKernel, a, b, idx, x, y, iters, outputs: Outputs, *, steps, tol) -> int:
-    """Step 4 of the module docstring (all float64).  Returns the largest number of steps used."""
+def _newton_phase(lk: LogKernel, a, b, idx, x, y, iters, outputs: Outputs, *, steps, tol, compiled) -> int:
+    """Step 4 of the module docstring (all float64).  Returns the largest number of steps used.
+
+    ``compiled``: the same steps in :func:`diml.ot._cpu.newton_polish` (CPU, no autograd)."""
     log_k = lk.log_kernel(idx, torch.float64)
     a64, b64 = a[idx].double(), b[idx].double()
     b64 = b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True))
@@ -192,6 +199,9 @@ def _newton_phase(lk: LogKernel, a, b, idx, x, y, iters, outputs: Outputs, *, st
     if steps == 0:  # no polish: report the Sinkhorn iterate as it is
         outputs.add(idx, x, y, gibbs_plan(log_k, x, y), iters)
         return 0
+    if compiled:
+        return _cpu.newton_polish(log_k, a64, b64, x, y, outputs, idx, iters, steps=steps, tol=tol,
+                                  trust=newton.MAX_LOG_SHIFT, armijo=newton.ARMIJO, halvings=newton.HALVINGS)
     plan = gibbs_plan(log_k, x, y)
     for step in range(steps + 1):
         rows, cols = plan.sum(2), plan.sum(1)

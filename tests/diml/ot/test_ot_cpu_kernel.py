@@ -53,6 +53,9 @@ def test_same_iterations_and_plans_as_the_tensor_path(dtype, monkeypatch):
     assert int(differ.sum()) <= 0.05 * len(differ)
     assert int((compiled.problem_iterations - tensor.problem_iterations).abs().max()) <= 5
     assert float((compiled.plan - tensor.plan).abs().max()) <= 1e-6
+    # the compiled Newton polish takes the tensor polish's steps (same directions, line search and tests)
+    same_start = ~differ
+    assert torch.equal(compiled.problem_newton_steps[same_start], tensor.problem_newton_steps[same_start])
     assert bool(compiled.converged.all()) and float(compiled.marginal_error.max()) <= 1e-6
     assert float(compiled.plan[3, :5].abs().max()) == 0.0 and float(compiled.plan[7, :, 2].abs().max()) == 0.0
     assert compiled.f[3, 0] == -float("inf") and compiled.g[7, 2] == -float("inf")
@@ -115,3 +118,28 @@ def test_environment_variable_disables_the_compiled_path():
     env = {**os.environ, "DIML_OT_CPU_KERNEL": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_compiled_polish_reaches_float64_precision_with_the_tensor_polish_steps(monkeypatch):
+    S, a, b = _terms(n_images=4, dup_noise=0.02)
+    S, a, b = S.double(), a.double(), b.double()
+    runs = {}
+    for compiled in (True, False):
+        runs[compiled] = _solve(S, a, b, compiled, monkeypatch, tol=1e-12, max_iter=20)
+    polished = runs[True].problem_newton_steps > 0
+    assert int(polished.sum()) >= 8
+    assert float(runs[True].marginal_error.max()) <= 1e-12
+    assert torch.equal(runs[True].problem_newton_steps, runs[False].problem_newton_steps)
+    assert float((runs[True].plan - runs[False].plan).abs().max()) <= 1e-12
+
+
+def test_cholesky_solve_and_its_failure_report():
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    spd, rhs = m @ m.T + 0.1 * torch.eye(6, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    out = np.empty(6)
+    assert _cpu._cholesky_solve(spd.numpy().copy(), rhs.numpy(), out)
+    assert np.abs(out - torch.linalg.solve(spd, rhs).numpy()).max() <= 1e-10
+    indefinite = spd.numpy().copy()
+    indefinite[3, 3] = -1.0
+    assert not _cpu._cholesky_solve(indefinite, rhs.numpy(), out)
