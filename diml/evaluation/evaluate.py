@@ -105,22 +105,27 @@ def _metric_sums(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Sum of each per-query metric over the valid queries, per ranking (kept on the device: no sync per chunk).
 
+    The per-query values are gathered into one ``(N,)`` float64 vector per metric and summed once at the end, so the
+    result does not depend on the query chunking (which depends on the number of depths and the memory budget):
+    float64 sums of chunk sums would differ in the last bit between chunkings.
+
     Args:
         rankings: chunks from :func:`iter_rankings`.
         labels: ``(N,)`` int64; ``cutoff``: ``(N,)`` R per query; ``valid``: ``(N,)`` bool, False for lone queries.
     """
-    sums: dict[str, dict[str, torch.Tensor]] = {}
+    values: dict[str, dict[str, torch.Tensor]] = {}
     for query_index, chunk_rankings in rankings:
-        keep = valid[query_index]
         query_labels = labels[query_index]
         for name, ranking in chunk_rankings.items():
             match = labels[ranking] == query_labels[:, None]
             per_query = ranking_metrics(match, cutoff[query_index], ks)
-            totals = sums.setdefault(name, {})
-            for metric, values in per_query.items():
-                chunk_sum = torch.where(keep, values, 0.0).sum()
-                totals[metric] = totals[metric] + chunk_sum if metric in totals else chunk_sum
-    return sums
+            columns = values.setdefault(name, {})
+            for metric, chunk_values in per_query.items():
+                if metric not in columns:
+                    columns[metric] = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device)
+                columns[metric].index_copy_(0, query_index, chunk_values.to(torch.float64))
+    return {name: {metric: torch.where(valid, column, 0.0).sum() for metric, column in columns.items()}
+            for name, columns in values.items()}
 
 
 def evaluate(
