@@ -90,10 +90,12 @@ def iter_rankings(
         yield queries[rows], rankings
 
 
-def _default_similarity(eps: float, marginals: str, ot_options: dict | None) -> CandidateSimilarity:
+def _default_similarity(eps: float, marginals: str, ot_options: dict | None, *,
+                        normalized: bool = False) -> CandidateSimilarity:
     from diml.ot import structural_similarity_candidates
 
-    return functools.partial(structural_similarity_candidates, eps=eps, marginals=marginals, **(ot_options or {}))
+    return functools.partial(structural_similarity_candidates, eps=eps, marginals=marginals, normalized=normalized,
+                             **(ot_options or {}))
 
 
 def _metric_sums(
@@ -201,11 +203,14 @@ def evaluate(
         raise ValueError("labels: every class has a single image, so no query has a relevant result; "
                          "evaluate a set with at least two images in some class")
     length = min(num_images - 1, max(max(data.depths, default=1), max(data.ks, default=1), int(cutoff[valid].max())))
-    similarity = candidate_similarity
+    similarity, global_emb, local_emb = candidate_similarity, data.global_emb, data.local_emb
     if similarity is None and data.depths:
-        similarity = _default_similarity(eps, marginals, ot_options)
+        # the structural similarity normalises every cell and global vector: do it once for the gallery here
+        # instead of once per scored pair
+        similarity = _default_similarity(eps, marginals, ot_options, normalized=True)
+        global_emb, local_emb = F.normalize(global_emb, dim=1), F.normalize(local_emb, dim=1)
     rankings = iter_rankings(
-        data.global_emb, data.local_emb, length=length, depths=data.depths, similarity=similarity,
+        global_emb, local_emb, length=length, depths=data.depths, similarity=similarity,
         query_chunk=query_chunk or auto_query_chunk(num_images, length, 1 + len(data.depths)),
         pair_chunk=pair_chunk, symmetric=symmetric,
     )

@@ -29,6 +29,7 @@ iteration as well.  Half-precision inputs are computed in float32.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -61,9 +62,10 @@ class Matching(NamedTuple):
     marginal_error: torch.Tensor
 
 
-def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
+def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool, normalized: bool = False):
     """Validate shapes; return L2-normalised query tensors in the working dtype, and the references normalised too
-    (all pairs) or as given (candidates: :func:`pair_terms_candidates` normalises them per chunk)."""
+    (all pairs) or as given (candidates: :func:`pair_terms_candidates` normalises them per chunk).
+    ``normalized``: the caller promises unit cells and global vectors; the queries are only cast."""
     _options.check_tensor("q_local", q_local, 3, "(Nq, C, R)")
     _options.check_tensor("q_global", q_global, 2, "(Nq, C)")
     nq, c, r = q_local.shape
@@ -85,7 +87,10 @@ def _prepare(q_local, q_global, r_local, r_global, *, candidates: bool):
     if tuple(r_global.shape) != want_global:
         raise ValueError(f"{names[1]} must have shape {names[3]} = {want_global}, got {tuple(r_global.shape)}")
     dtype = _options.working_dtype(q_local, q_global, r_local, r_global)
-    q_unit = (F.normalize(q_local.to(dtype), dim=1), F.normalize(q_global.to(dtype), dim=1))
+    if normalized:
+        q_unit = (q_local.to(dtype), q_global.to(dtype))
+    else:
+        q_unit = (F.normalize(q_local.to(dtype), dim=1), F.normalize(q_global.to(dtype), dim=1))
     if candidates:  # the large candidate tensors are cast and normalised chunk by chunk (no full-size copy)
         return (*q_unit, r_local, r_global)
     return (*q_unit, F.normalize(r_local.to(dtype), dim=1), F.normalize(r_global.to(dtype), dim=1))
@@ -122,32 +127,37 @@ def pair_terms_all(qn, qg, rn, rg, marginals: str):
 PER_QUERY_MIN_CANDIDATES = 16
 
 
-def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str):
+def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str, normalized: bool = False):
     """Like :func:`pair_terms_all` for per-query candidates, given as they come: ``c_local (Nq, K, C, R)``,
     ``c_global (Nq, K, C)`` (any float dtype, not normalised; cast to ``qn.dtype`` here, one chunk at a time).
 
     The products of the raw candidate cells with the query cells and the query global vector, and the cell norms,
     come from :func:`candidate_products`; the small products are divided by the norms instead of normalising the
-    large tensor.  Returns ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
+    large tensor (``normalized``: the candidates are unit vectors already, no norms).  Returns
+    ``cell_sim (Nq, K, R, R)``, ``a (Nq, K, R)``, ``b (Nq, K, R)``.
     """
     nq, k, _, r = c_local.shape
     # per-query GEMMs pay off on a CPU only when each query has many candidates (re-ranking, not mined pairs)
     per_query = not c_local.is_cuda and k >= PER_QUERY_MIN_CANDIDATES
-    products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=per_query)
-    products = products / norms.clamp_min(1e-12).unsqueeze(2)  # as F.normalize: x / max(|x|, 1e-12)
+    products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=per_query, norms=not normalized)
+    if norms is not None:
+        products = products / norms.clamp_min(1e-12).unsqueeze(2)  # as F.normalize: x / max(|x|, 1e-12)
     cell_sim = products[:, :, :r]  # [p, k, i, j] = q_i . c_j
     if marginals == "uniform":
         a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
         return cell_sim, a, a.clone()
-    cg = F.normalize(c_global.to(qn.dtype), dim=-1)
+    cg = c_global.to(qn.dtype) if normalized else F.normalize(c_global.to(qn.dtype), dim=-1)
     a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
     b = _normalise_attention(products[:, :, r])  # g_query . c_cell_j
     return cell_sim, a, b
 
 
-def candidate_products(qn, qg, c_local, *, per_query: bool):
+def candidate_products(qn, qg, c_local, *, per_query: bool, norms: bool = True):
     """``products (Nq, K, R + 1, R)``: the normalised query cells ``i < R`` and the query global vector (row ``R``)
-    against the raw candidate cell ``j``; ``norms (Nq, K, R)``: the candidate cell norms.
+    against the raw candidate cell ``j``; ``norms (Nq, K, R)``: the candidate cell norms (None if not ``norms``).
+
+    One candidate per query (``K = 1``, the evaluation's symmetric pairs): one batched GEMM
+    ``(R + 1, C) @ (C, R)`` over the queries, the candidates read in place.
 
     ``per_query`` (CPU): per query, one batched GEMM ``(R + 1, C) @ (C, R)`` over its ``K`` candidates, whose shared
     operand is broadcast (stride 0) and whose candidate operand is read in place, then the squared norms while the
@@ -157,19 +167,27 @@ def candidate_products(qn, qg, c_local, *, per_query: bool):
     cells are transposed once into ``(Nq, K R, C)`` rows for one batched GEMM.
     """
     nq, k, c, r = c_local.shape
+    if k == 1:  # no concatenated copy of the (many) queries: two GEMMs
+        cand = c_local[:, 0]
+        products = torch.cat([torch.bmm(qn.transpose(1, 2), cand), torch.bmm(qg.unsqueeze(1), cand)], dim=1)
+        return products.unsqueeze(1), (torch.linalg.vecdot(cand, cand, dim=1).sqrt().unsqueeze(1) if norms else None)
     right = torch.cat([qn, qg.unsqueeze(2)], dim=2)  # (Nq, C, R + 1)
     if per_query:
-        products = c_local.new_empty(nq, k, r + 1, r)
-        norms = c_local.new_empty(nq, k, r)
         left = right.transpose(1, 2)  # (Nq, R + 1, C)
+        if torch.is_grad_enabled() and (right.requires_grad or c_local.requires_grad):  # out= has no autograd
+            products = torch.stack([torch.bmm(left[p].expand(k, r + 1, c), c_local[p]) for p in range(nq)])
+            return products, (torch.linalg.vector_norm(c_local, dim=2) if norms else None)
+        products = c_local.new_empty(nq, k, r + 1, r)
+        sq_norms = c_local.new_empty(nq, k, r) if norms else None
         for p in range(nq):
             cand = c_local[p]
             torch.bmm(left[p].expand(k, r + 1, c), cand, out=products[p])
-            torch.linalg.vecdot(cand, cand, dim=1, out=norms[p])
-        return products, norms.sqrt_()
+            if norms:
+                torch.linalg.vecdot(cand, cand, dim=1, out=sq_norms[p])
+        return products, (sq_norms.sqrt_() if norms else None)
     cells = c_local.transpose(2, 3).reshape(nq, k * r, c)
     return ((cells @ right).view(nq, k, r, r + 1).transpose(2, 3),
-            torch.linalg.vector_norm(cells, dim=2).view(nq, k, r))
+            torch.linalg.vector_norm(cells, dim=2).view(nq, k, r) if norms else None)
 
 
 def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:
@@ -181,10 +199,13 @@ def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every
     batch_shape = cell_sim.shape[:-2]
     r = cell_sim.shape[-1]
     flat = cell_sim.reshape(-1, r, r)
-    # one reduction instead of three isfinite passes: |S| <= 1 and 0 <= a, b <= 1, so only NaN/inf can make it
-    # non-finite
-    if flat.numel() and not bool(torch.isfinite(flat.sum() + a.sum() + b.sum())):
-        raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
+    if flat.numel():  # two reductions, one host sync: NaN/inf anywhere, or cosines beyond [-1, 1]
+        largest, total = torch.stack([flat.abs().amax(), a.sum() + b.sum()]).tolist()
+        if not (math.isfinite(largest) and math.isfinite(total)):
+            raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
+        if largest > 1.0 + 1e-3:
+            raise ValueError(f"cell cosine similarities reach {largest:.3g}, beyond [-1, 1]: embeddings passed with "
+                             "normalized=True must be L2-normalised along C; drop normalized=True")
     res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), eps=float(eps),
                 max_iter=max_iter, tol=float(tol), newton_steps=newton_steps, check_every=check_every, grad=grad,
                 direct=2.0 / eps <= 60.0)

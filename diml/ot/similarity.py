@@ -54,20 +54,27 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, eps=_options.
 def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, eps=_options.EPS,
                                      marginals=_options.MARGINALS, max_iter=_options.MAX_ITER, tol=_options.TOL,
                                      newton_steps=_options.NEWTON_STEPS, check_every=_options.CHECK_EVERY,
-                                     grad=_options.GRAD, chunk_size=DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+                                     grad=_options.GRAD, chunk_size=DEFAULT_CHUNK_SIZE,
+                                     normalized=False) -> torch.Tensor:
     """DIML similarity of each query with its own ``K`` candidates (the re-ranking form).
 
     Args:
         q_local: ``(Nq, C, R)``; q_global: ``(Nq, C)``; c_local: ``(Nq, K, C, R)``; c_global: ``(Nq, K, C)``.
         chunk_size: maximal number of pairs solved at once (rounded to whole queries, at least one query).
+        normalized: every cell and global vector is already L2-normalised along ``C`` (e.g. a gallery normalised
+            once before re-ranking): skip the normalisation, which is a large part of the time for one candidate
+            per query.  Unnormalised inputs with ``normalized=True`` give wrong similarities (not checked: the
+            check would cost what it saves).
 
     Returns: ``(Nq, K)`` similarities.
     """
     opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
     _options.check_chunk_size(chunk_size)
-    qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True)
+    if not isinstance(normalized, bool):
+        raise ValueError(f"normalized must be True or False (got {normalized!r})")
+    qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True, normalized=normalized)
     nq, k = cn.shape[:2]
     step = max(1, chunk_size // max(k, 1))
     out = [solve_pairs(*pair_terms_candidates(qn[s:s + step], qg[s:s + step], cn[s:s + step], cg[s:s + step],
-                                              marginals), **opts).similarity for s in range(0, nq, step)]
+                                              marginals, normalized), **opts).similarity for s in range(0, nq, step)]
     return torch.cat(out, 0) if out else qn.new_zeros((0, k))

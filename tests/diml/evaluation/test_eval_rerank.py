@@ -150,3 +150,14 @@ def test_unique_pairs_lists_each_unordered_pair_once():
     assert list(zip(low.tolist(), high.tolist())) == [(0, 1), (0, 2), (1, 2), (1, 3)]
     pairs = [(min(q, c), max(q, c)) for q, row in zip(queries.tolist(), cand.tolist()) for c in row]
     assert [(low[u].item(), high[u].item()) for u in inverse.flatten()] == pairs
+
+
+def test_default_scorer_on_the_normalised_gallery_equals_the_structural_similarity_on_raw_embeddings():
+    glob, labels, local = _data(seed=6, n=120)
+    glob, local = 5 * glob, 3 * local  # far from unit norm: the default path normalises the gallery once
+    default = evaluate(glob, labels, local, depths=(5, 20), nmi=False)
+    raw = evaluate(glob, labels, local, depths=(5, 20), nmi=False,
+                   candidate_similarity=structural_similarity_candidates)
+    assert default.keys() == raw.keys()
+    for name in default:
+        assert default[name] == pytest.approx(raw[name], abs=1e-9)

@@ -179,5 +179,7 @@ def test_candidate_products_per_query_equal_the_transposed_copy_path():
     loop_p, loop_n = candidate_products(qn, qg, c_local, per_query=True)
     copy_p, copy_n = candidate_products(qn, qg, c_local, per_query=False)
     expected = torch.einsum("pkcj,pci->pkij", c_local, torch.cat([qn, qg.unsqueeze(2)], 2))
+    one_p, one_n = candidate_products(qn, qg, c_local[:, :1], per_query=False)
+    assert torch.allclose(one_p, expected[:, :1]) and torch.allclose(one_n, c_local[:, :1].norm(dim=2))
     assert loop_p.shape == (3, 5, 5, 4) and torch.allclose(loop_p, expected) and torch.allclose(copy_p, expected)
     assert torch.allclose(loop_n, c_local.norm(dim=2)) and torch.allclose(copy_n, c_local.norm(dim=2))

@@ -70,3 +70,45 @@ def test_bad_chunk_size_raises(chunk_size):
     with pytest.raises(ValueError, match="chunk_size"):
         structural_similarity_candidates(*query, ref[0][:2].expand(5, 2, 16, 9), ref[1][:2].expand(5, 2, 16),
                                          chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])  # one candidate (evaluation pairs), few (GEMM of copies), many (per query)
+def test_prenormalised_candidates_give_the_same_similarities(k):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(7)
+    q_local, q_global = torch.randn(4, 16, 9, generator=gen), torch.randn(4, 16, generator=gen)
+    c_local, c_global = 3 * torch.randn(4, k, 16, 9, generator=gen), torch.randn(4, k, 16, generator=gen)
+    raw = structural_similarity_candidates(q_local, q_global, c_local, c_global)
+    unit = structural_similarity_candidates(F.normalize(q_local, dim=1), F.normalize(q_global, dim=1),
+                                            F.normalize(c_local, dim=2), F.normalize(c_global, dim=2),
+                                            normalized=True)
+    assert raw.shape == (4, k) and float((raw - unit).abs().max()) <= 1e-5
+    reference = torch.stack([structural_similarity(q_local[p:p + 1], q_global[p:p + 1], c_local[p], c_global[p])[0]
+                             for p in range(4)])
+    assert float((raw - reference).abs().max()) <= 1e-5
+    # a broken promise is caught (cell similarities beyond [-1, 1]) instead of giving wrong numbers
+    with pytest.raises(ValueError, match="normalized=True"):
+        structural_similarity_candidates(q_local, q_global, c_local, c_global, normalized=True)
+
+
+def test_normalized_must_be_a_bool():
+    query, ref = _images()
+    with pytest.raises(ValueError, match="normalized must be True or False"):
+        structural_similarity_candidates(query[0], query[1], ref[0][None], ref[1][None], normalized="yes")
+
+
+@pytest.mark.parametrize("k", [1, 20])
+def test_candidate_gradients_match_finite_differences_on_every_products_path(k):
+    gen = torch.Generator().manual_seed(9)
+    q_local = torch.randn(2, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    q_global = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    c_local = torch.randn(2, k, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    c_global = torch.randn(2, k, 6, generator=gen, dtype=torch.float64)
+    torch.autograd.gradcheck(lambda ql, cl: structural_similarity_candidates(ql, q_global, cl, c_global, tol=1e-12,
+                                                                             grad="autodiff"),
+                             (q_local, c_local), eps=1e-6, atol=1e-5)
+    # plan_constant (the default) differentiates through the cell similarities: the same on both paths
+    sim = structural_similarity_candidates(q_local, q_global, c_local, c_global)
+    grads = torch.autograd.grad(sim.sum(), (q_local, c_local))
+    assert all(bool(torch.isfinite(g).all()) and float(g.abs().max()) > 0 for g in grads)
