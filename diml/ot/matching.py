@@ -140,15 +140,18 @@ def pair_terms_candidates(qn, qg, c_local, c_global, marginals: str, normalized:
     # per-query GEMMs pay off on a CPU only when each query has many candidates (re-ranking, not mined pairs)
     per_query = not c_local.is_cuda and k >= PER_QUERY_MIN_CANDIDATES
     products, norms = candidate_products(qn, qg, c_local.to(qn.dtype), per_query=per_query, norms=not normalized)
-    if norms is not None:
-        products = products / norms.clamp_min(1e-12).unsqueeze(2)  # as F.normalize: x / max(|x|, 1e-12)
-    cell_sim = products[:, :, :r]  # [p, k, i, j] = q_i . c_j
+    cell_sim, global_att = products[:, :, :r], products[:, :, r]  # [p, k, i, j] = q_i . c_j; g_query . c_j
+    if norms is not None:  # as F.normalize: x / max(|x|, 1e-12); the division writes cell_sim contiguous
+        norms = norms.clamp_min(1e-12)
+        cell_sim, global_att = cell_sim / norms.unsqueeze(2), global_att / norms
+    else:
+        cell_sim = cell_sim.contiguous()
     if marginals == "uniform":
         a = torch.full((nq, k, r), 1.0 / r, dtype=qn.dtype, device=qn.device)
         return cell_sim, a, a.clone()
     cg = c_global.to(qn.dtype) if normalized else F.normalize(c_global.to(qn.dtype), dim=-1)
     a = _normalise_attention(cg @ qn)  # (Nq, K, R): g_cand . q_cell_i
-    b = _normalise_attention(products[:, :, r])  # g_query . c_cell_j
+    b = _normalise_attention(global_att)  # g_query . c_cell_j
     return cell_sim, a, b
 
 
