@@ -24,22 +24,40 @@ Set ``DIML_OT_CPU_KERNEL=0`` to disable both (then, as without numba installed, 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-try:  # numba is a declared dependency, but the library must keep working where it cannot be installed
-    import numba
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-
 # reassociation lets LLVM vectorise the row updates; no 'nnan'/'ninf' (zero-mass rows produce log(0) = -inf)
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+_COMPILE_LOCK = threading.Lock()
 
-ENABLED = numba is not None and os.environ.get("DIML_OT_CPU_KERNEL", "1") != "0"
+# numba is a declared dependency, but the library must keep working where it cannot be installed.  It is imported
+# (and the kernels compiled, or loaded from numba's cache) on first use only: processes that never solve OT on a CPU
+# (Ray drivers, GPU workers, embedding extraction) never load LLVM.
+ENABLED = importlib.util.find_spec("numba") is not None and os.environ.get("DIML_OT_CPU_KERNEL", "1") != "0"
+_COMPILED = False
+
+
+def compile_kernels() -> None:
+    """Import numba and replace the module's kernels by their compiled versions (idempotent, thread-safe)."""
+    global _COMPILED, _load, _scale_problems, _cholesky_solve, _newton_problems
+    with _COMPILE_LOCK:
+        if _COMPILED:
+            return
+        import numba
+
+        # the callees first: numba resolves a kernel's global callees when it compiles the caller
+        _load = numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_load_py)
+        _cholesky_solve = numba.njit(cache=True, nogil=True)(_cholesky_solve_py)
+        _scale_problems = numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_scale_problems_py)
+        _newton_problems = numba.njit(cache=True, nogil=True)(_newton_problems_py)
+        _COMPILED = True
 
 
 def applies(kernel: torch.Tensor, *, direct: bool, differentiable: bool) -> bool:
@@ -60,6 +78,7 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
     ``outputs``' buffers with their iteration counts.  Returns the problems left for the Newton polish as
     ``(idx, x, y, iterations)`` (``None`` if none), as :func:`diml.ot._scaling.scaling_phase` does.
     """
+    compile_kernels()
     B = kernel.shape[0]
     status = np.empty(B, dtype=np.int8)
     arrays = (kernel.contiguous().numpy(), a.contiguous().numpy(), b.contiguous().numpy())
@@ -228,9 +247,7 @@ def _load_py(kern, a, b, p, lane, kb, ab, bb, v, kv, lane_p, lane_it, lane_prev,
     lane_prev[lane] = np.inf
 
 
-_load = numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_load_py) if numba is not None else _load_py
-_scale_problems = (numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_scale_problems_py)
-                   if numba is not None else _scale_problems_py)
+_load, _scale_problems = _load_py, _scale_problems_py  # pure Python until compile_kernels()
 
 
 # ------------------------------------------------------------------------------------------------- Newton polish
@@ -246,6 +263,7 @@ def newton_polish(log_k, a, b, x, y, outputs, idx, iters, *, steps, tol, trust, 
     ``expm1(s + t) = expm1(s) + expm1(t) + expm1(s) expm1(t)`` so that a step takes ``n + m`` ``expm1`` instead of
     ``n m``.
     """
+    compile_kernels()
     P, n, m = log_k.shape
     x, y = x.contiguous().numpy().copy(), y.contiguous().numpy().copy()
     plan = np.empty((P, n, m), dtype=np.float64)
@@ -409,8 +427,4 @@ def _cholesky_solve_py(mat, rhs, out):
     return True
 
 
-if numba is not None:
-    _cholesky_solve = numba.njit(cache=True, nogil=True)(_cholesky_solve_py)
-    _newton_problems = numba.njit(cache=True, nogil=True)(_newton_problems_py)
-else:  # pragma: no cover
-    _cholesky_solve, _newton_problems = _cholesky_solve_py, _newton_problems_py
+_cholesky_solve, _newton_problems = _cholesky_solve_py, _newton_problems_py  # pure Python until compile_kernels()

@@ -43,6 +43,7 @@ def _rank_main(rank, init_file, out_dir):
         model = torch.nn.parallel.DistributedDataParallel(_TinyModel())  # unwrapped by extract_embeddings
         result = extract_embeddings(model, _dataset(), batch_size=2, device="cpu")
         torch.save(None if result is None else result._asdict(), f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -113,6 +113,15 @@ def test_public_functions_agree_with_the_tensor_path(monkeypatch):
     assert float((autodiff.similarity.detach() - sims[True]).abs().max()) <= 1e-5
 
 
+def test_numba_is_imported_on_first_use_only():
+    code = ("import sys, torch; from diml.ot import structural_similarity; import diml.evaluation; "
+            "before = 'numba' in sys.modules; "
+            "x = torch.randn(3, 4, 4); structural_similarity(x, x.mean(2), x, x.mean(2)); "
+            "print(before, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_environment_variable_disables_the_compiled_path():
     code = "from diml.ot import _cpu; print(_cpu.ENABLED)"
     env = {**os.environ, "DIML_OT_CPU_KERNEL": "0"}
@@ -138,6 +147,7 @@ def test_cholesky_solve_and_its_failure_report():
     m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
     spd, rhs = m @ m.T + 0.1 * torch.eye(6, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
     out = np.empty(6)
+    _cpu.compile_kernels()
     assert _cpu._cholesky_solve(spd.numpy().copy(), rhs.numpy(), out)
     assert np.abs(out - torch.linalg.solve(spd, rhs).numpy()).max() <= 1e-10
     indefinite = spd.numpy().copy()
