@@ -62,8 +62,8 @@ def compile_kernels() -> None:
 
 def applies(kernel: torch.Tensor, *, direct: bool, differentiable: bool) -> bool:
     """Whether :func:`scale` serves this solve: numba present and enabled, CPU, no autograd, no stabilising shifts."""
-    return (ENABLED and direct and not differentiable and kernel.device.type == "cpu"
-            and kernel.dtype in (torch.float32, torch.float64))
+    return (direct and kernel.dtype in (torch.float32, torch.float64)
+            and applies_polish(kernel, differentiable=differentiable))
 
 
 def applies_polish(kernel: torch.Tensor, *, differentiable: bool) -> bool:

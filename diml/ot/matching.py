@@ -173,7 +173,7 @@ def candidate_products(qn, qg, c_local, *, per_query: bool, norms: bool = True):
     if k == 1:  # no concatenated copy of the (many) queries: two GEMMs
         cand = c_local[:, 0]
         products = torch.cat([torch.bmm(qn.transpose(1, 2), cand), torch.bmm(qg.unsqueeze(1), cand)], dim=1)
-        return products.unsqueeze(1), (torch.linalg.vecdot(cand, cand, dim=1).sqrt().unsqueeze(1) if norms else None)
+        return products.unsqueeze(1), (_cell_norms(cand).unsqueeze(1) if norms else None)
     right = torch.cat([qn, qg.unsqueeze(2)], dim=2)  # (Nq, C, R + 1)
     if per_query:
         left = right.transpose(1, 2)  # (Nq, R + 1, C)
@@ -191,6 +191,14 @@ def candidate_products(qn, qg, c_local, *, per_query: bool, norms: bool = True):
     cells = c_local.transpose(2, 3).reshape(nq, k * r, c)
     return ((cells @ right).view(nq, k, r, r + 1).transpose(2, 3),
             torch.linalg.vector_norm(cells, dim=2).view(nq, k, r) if norms else None)
+
+
+def _cell_norms(cells: torch.Tensor) -> torch.Tensor:
+    """Norms over ``C`` of ``cells (P, C, R)``: ``sqrt(vecdot)`` (fast) without autograd, else ``vector_norm``, whose
+    gradient at a zero cell is 0 (``sqrt``'s is infinite and turns the clamped division's gradient into NaN)."""
+    if torch.is_grad_enabled() and cells.requires_grad:
+        return torch.linalg.vector_norm(cells, dim=1)
+    return torch.linalg.vecdot(cells, cells, dim=1).sqrt_()
 
 
 def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:

@@ -63,8 +63,8 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ep
         chunk_size: maximal number of pairs solved at once (rounded to whole queries, at least one query).
         normalized: every cell and global vector is already L2-normalised along ``C`` (e.g. a gallery normalised
             once before re-ranking): skip the normalisation, which is a large part of the time for one candidate
-            per query.  Unnormalised inputs with ``normalized=True`` give wrong similarities (not checked: the
-            check would cost what it saves).
+            per query.  Unnormalised inputs with ``normalized=True`` raise a ValueError when a cell cosine
+            leaves [-1, 1] (one reduction over the cell similarities, not over the inputs).
 
     Returns: ``(Nq, K)`` similarities.
     """

@@ -22,7 +22,7 @@ where ``f, g`` are the dual potentials.  Numerics, in order:
    depend on the rest of the batch, e.g. on the chunking), and once a quarter of the active problems has left, the
    tensors are compacted, so converged problems stop costing work.  That check is the one host synchronisation
    of the loop.
-4. Problems whose error decreases so slowly that more than 300 further iterations are predicted (from the rate
+4. Problems whose error decreases so slowly that more than 50 further iterations are predicted (from the rate
    observed between two checks, after at least 20 iterations), and those still active after ``max_iter``
    iterations, get up to ``newton_steps`` damped Newton steps on the dual in float64 (:mod:`diml.ot.newton`),
    checked and compacted after every step.  These are typically near-duplicate images, whose plan is almost a

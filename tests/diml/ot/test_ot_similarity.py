@@ -112,3 +112,16 @@ def test_candidate_gradients_match_finite_differences_on_every_products_path(k):
     sim = structural_similarity_candidates(q_local, q_global, c_local, c_global)
     grads = torch.autograd.grad(sim.sum(), (q_local, c_local))
     assert all(bool(torch.isfinite(g).all()) and float(g.abs().max()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("k", [1, 20])
+def test_a_zero_candidate_cell_keeps_finite_gradients(k):
+    gen = torch.Generator().manual_seed(11)
+    q_local = torch.randn(2, 8, 4, generator=gen, requires_grad=True)
+    c_local = torch.randn(2, k, 8, 4, generator=gen)
+    c_local[:, 0, :, 1] = 0.0  # a dead cell (e.g. an all-zero feature column)
+    c_local.requires_grad_(True)
+    sim = structural_similarity_candidates(q_local, torch.randn(2, 8, generator=gen), c_local,
+                                           torch.randn(2, k, 8, generator=gen))
+    sim.sum().backward()
+    assert bool(torch.isfinite(q_local.grad).all()) and bool(torch.isfinite(c_local.grad).all())
