@@ -78,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {SpecError(args.spec, problems)}", file=sys.stderr)
         return EXIT_SPEC
     from pipeline.run import run_plan
+    from pipeline.tune_state import DamagedState
 
     started = time.perf_counter()
-    outcome = run_plan(plan, uri=uri, launch=launch_id(plan), storage=storage_path(plan), resume=args.resume,
-                       address=args.address, num_cpus=args.num_cpus)
+    try:
+        outcome = run_plan(plan, uri=uri, launch=launch_id(plan), storage=storage_path(plan), resume=args.resume,
+                           address=args.address, num_cpus=args.num_cpus)
+    except DamagedState as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
     print(outcome.render())
     print(f"\nwall time: {time.perf_counter() - started:.1f} s")
     print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"

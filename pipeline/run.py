@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import plan as planning
-from pipeline import tracking
+from pipeline import tracking, tune_state
 from pipeline.grid import Plan
 from pipeline.results import ResultsTable, collect_results
 from pipeline.trial import SELECTION_SCORE, run_trial
@@ -73,8 +73,12 @@ def _write_pointer(storage: str, launch: str, content: dict[str, Any]) -> None:
 
     fs, path = pyarrow.fs.FileSystem.from_uri(_as_uri(_pointer_path(storage, launch)))
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
+    local = isinstance(fs, pyarrow.fs.LocalFileSystem)
+    target = f"{path}.{os.getpid()}.tmp" if local else path  # an object store replaces an object whole
+    with fs.open_output_stream(target) as stream:
         stream.write(json.dumps(content, indent=2).encode())
+    if local:
+        fs.move(target, path)  # a rename: a launcher killed mid-write leaves the old pointer intact
 
 
 def _as_uri(path: str) -> str:
@@ -173,6 +177,10 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
     if resume and pointer is None:
         print(f"--resume: no earlier launch of this spec under {storage}; starting a new one")
     name = pointer["tune_name"] if pointer else f"{launch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = f"{storage.rstrip('/')}/{name}"
+    if pointer and tune_state.is_local(path):
+        for line in tune_state.repair(path):  # DamagedState stops here, before Ray or MLflow is touched
+            print(line)
     parent = pointer["parent_run_id"] if pointer else tracking.start_parent_run(
         uri, experiment_id, launch, spec.name, plan.raw, resume=False)
     if pointer:
@@ -188,7 +196,6 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
 
         total = ray.cluster_resources()
         resources = planning.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
-        path = f"{storage.rstrip('/')}/{name}"
         if pointer and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=_trainable(plan, info), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False)
@@ -196,7 +203,8 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
             tuner = _tuner(plan, info, name, storage, resources,
                            autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
-        grid = tuner.fit()
+        with tune_state.StateGuard(path):
+            grid = tuner.fit()
         timings["trials"] = time.perf_counter() - clock
         errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}
