@@ -6,13 +6,16 @@ leaves a truncated ``experiment_state-*.json`` (or ``basic-variant-state-*.json`
 ``Tuner.restore`` then fails: Tune logs "Failed to restore the run state" and starts the experiment over with new
 trial ids, which would train every finished trial again under new MLflow runs (seen in CI as ``KeyError: 'trial'``).
 
-While a launch runs, :class:`StateGuard` snapshots the set of state files, whenever it changed and every file in it
-is complete, into ``.diml-state/<n>/`` inside the experiment folder (written under a hidden name, then renamed: a
-kill never leaves a partial snapshot). Before ``--resume`` restores the experiment, :func:`repair` puts the newest
-snapshot back when any state file is damaged and says so; damage without a snapshot stops the resume with an
-error naming the file, before anything starts. A restored state can be up to a second (the guard's period) older
-than the kill: a trial that finished in that second is started again, finds its finished MLflow run and returns
-at once.
+While a launch runs, :class:`StateGuard` snapshots the set of state files into ``.diml-state/<n>/`` inside the
+experiment folder whenever it changed and is consistent: complete files, quiet for a moment, unchanged while read
+(written under a hidden name, then renamed: a kill never leaves a partial snapshot). Before ``--resume`` restores
+the experiment, :func:`repair` puts the newest snapshot back when the files on disk differ from it, and says so;
+damage without a snapshot stops the resume with an error naming the file, before anything starts.
+
+A restored state can be a second or two older than the kill. That costs nothing: a trial that finished in that
+time is started again, finds its finished MLflow run and returns at once; a trial the search generated in that
+time is generated again with the same trial id (the search state is restored with it), so it finds its MLflow run
+and its Train checkpoints.
 
 Object stores (``s3://``, ``gs://``) replace an object whole on upload, so only local folders need this.
 """
@@ -83,28 +86,35 @@ def _generations(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted((p for p in (folder / BACKUP_DIR).glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name))
 
 
-def snapshot(experiment: str | pathlib.Path, seen: dict[str, tuple[int, int]] | None = None,
-             keep: int = 2) -> pathlib.Path | None:
-    """Copy Tune's state files of ``experiment`` together into a new snapshot folder of ``.diml-state`` when any
-    of them changed since ``seen`` and all of them are complete; returns the new folder (None when nothing was
-    taken: unchanged, or a file caught mid-write, which the next call takes). The files are copied as one set
-    because Tune reads them as one: an experiment state older than its search state would lose the trials the
-    search had already generated. The set is written in a hidden folder and renamed into place, so a kill never
-    leaves a partial snapshot; the ``keep`` newest are kept."""
+def _signature(path: pathlib.Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def snapshot(experiment: str | pathlib.Path, seen: dict[str, tuple[int, int]] | None = None, keep: int = 2,
+             quiet: float = 0.25) -> pathlib.Path | None:
+    """Copy Tune's state files of ``experiment`` together into a new snapshot folder of ``.diml-state``; returns
+    the new folder, or None when nothing was taken (try again later).
+
+    A snapshot is taken only of a consistent set: some file changed since ``seen``, none changed in the last
+    ``quiet`` seconds nor while it was read (Tune copies its files one after another: a set read mid-copy would
+    pair one write's experiment state with another's search state), and every file is complete. The set matters
+    because Tune reads it as one: an experiment state older than its search state loses the trials the search
+    had already generated. The set is written in a hidden folder and renamed into place, so a kill never leaves
+    a partial snapshot; the ``keep`` newest are kept."""
     folder = _local(str(experiment))
     seen = {} if seen is None else seen
-    contents, signatures = {}, {}
-    for path in _state_files(folder):
-        try:
-            stat = path.stat()
-            data = path.read_bytes()
-        except FileNotFoundError:
+    try:
+        paths = _state_files(folder)
+        before = {p.name: _signature(p) for p in paths}
+        if not before or before == seen or time.time_ns() - max(m for m, _ in before.values()) < quiet * 1e9:
             return None
-        if not is_complete(data):
+        contents = {p.name: p.read_bytes() for p in paths}
+        if {p.name: _signature(p) for p in _state_files(folder)} != before:
             return None
-        contents[path.name] = data
-        signatures[path.name] = (stat.st_mtime_ns, stat.st_size)
-    if not contents or signatures == seen:
+    except FileNotFoundError:
+        return None
+    if not all(is_complete(data) for data in contents.values()):
         return None
     generations = _generations(folder)
     number = int(generations[-1].name) + 1 if generations else 0
@@ -120,40 +130,49 @@ def snapshot(experiment: str | pathlib.Path, seen: dict[str, tuple[int, int]] | 
     for old in (generations + [target])[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     seen.clear()
-    seen.update(signatures)
+    seen.update(before)
     return target
 
 
 def repair(experiment: str | pathlib.Path) -> list[str]:
-    """When a state file of ``experiment`` is damaged (or missing), put the newest snapshot back in place of all
-    of them; returns what was done, one line per damaged file. Raises :class:`DamagedState` when there is no
-    snapshot to restore (nothing is changed then)."""
+    """Put Tune's state of ``experiment`` back to its newest snapshot when the files on disk differ from it (a
+    file damaged, missing or added, or just newer: the launcher was killed after Tune's last write that the guard
+    saw whole, and that write may be damaged or mixed with the one before). Returns what was done, one line per
+    file; [] when the state on disk is the newest snapshot or there is no snapshot and nothing is damaged.
+    Raises :class:`DamagedState` when a file is damaged and there is no snapshot (nothing is changed then)."""
     folder = _local(str(experiment))
-    live = {p.name: p for p in _state_files(folder)}
-    damaged = sorted(name for name, path in live.items() if not is_complete(path.read_bytes()))
+    live = {p.name: p.read_bytes() for p in _state_files(folder)}
+    damaged = sorted(name for name, data in live.items() if not is_complete(data))
     generations = _generations(folder)
-    latest = generations[-1] if generations else None
-    if latest is not None:
-        damaged += sorted(p.name for p in _state_files(latest) if p.name not in live)
-    if not damaged:
+    if not generations:
+        if damaged:
+            names = ", ".join(str(folder / name) for name in damaged)
+            raise DamagedState(
+                f"--resume: Tune's state file {names} is damaged (the launcher was killed while Tune wrote it) "
+                f"and there is no complete copy in {folder / BACKUP_DIR}; launch again without --resume to start "
+                "this spec anew (runs already logged to MLflow stay where they are)")
         return []
-    if latest is None:
-        names = ", ".join(str(folder / name) for name in damaged)
-        raise DamagedState(
-            f"--resume: Tune's state file {names} is damaged (the launcher was killed while Tune wrote it) and "
-            f"there is no complete copy in {folder / BACKUP_DIR}; launch again without --resume to start this "
-            "spec anew (runs already logged to MLflow stay where they are)")
-    saved = {p.name: p for p in _state_files(latest)}
-    # the damaged files last: a kill during the repair leaves one damaged, so the next --resume repairs again
-    for name in sorted(saved, key=lambda name: (name in damaged, name)):
-        _write_atomic(folder / name, saved[name].read_bytes())
+    latest = generations[-1]
+    saved = {p.name: p.read_bytes() for p in _state_files(latest)}
+    if saved == live:
+        return []
     when = time.strftime("%H:%M:%S", time.localtime(latest.stat().st_mtime))
     lines = []
-    for name in damaged:
-        if name not in saved:  # newer than the snapshot (a later session's state): set aside, never deleted
-            os.replace(folder / name, folder / BACKUP_DIR / f"damaged-{name}")
-        lines.append(f"--resume: {name} was damaged (the launcher was killed while Tune wrote it); restored Tune's "
-                     f"state as of {when} from its last complete copy in {BACKUP_DIR}/{latest.name}")
+    for name in sorted(set(live) | set(saved)):
+        if live.get(name) == saved.get(name):
+            continue
+        what = ("was damaged (the launcher was killed while Tune wrote it)" if name in damaged else
+                "was missing" if name not in live else "is newer than the last snapshot")
+        if name not in saved:
+            what += f"; set aside to {BACKUP_DIR}/set-aside-{name}"
+        lines.append(f"--resume: {name} {what}; restoring Tune's state as of {when}, its last consistent "
+                     f"snapshot ({BACKUP_DIR}/{latest.name})")
+    for name in live.keys() - saved.keys():  # Tune restores the newest name: one newer than the snapshot must go
+        os.replace(folder / name, folder / BACKUP_DIR / f"set-aside-{name}")
+    # damaged files last: a kill during the repair leaves one damaged, so the next --resume repairs again
+    for name in sorted(saved, key=lambda name: (name in damaged or name not in live, name)):
+        if live.get(name) != saved[name]:
+            _write_atomic(folder / name, saved[name])
     return lines
 
 
@@ -161,9 +180,10 @@ class StateGuard:
     """Background thread that calls :func:`snapshot` every ``period`` seconds while a launch runs (local
     storage only; a no-op elsewhere). Use as a context manager around ``Tuner.fit``."""
 
-    def __init__(self, experiment: str, period: float = 1.0):
+    def __init__(self, experiment: str, period: float = 1.0, quiet: float = 0.25):
         self.experiment = experiment
         self.period = period
+        self.quiet = quiet
         self.enabled = is_local(experiment)
         self._stop = threading.Event()
         self._seen: dict[str, tuple[int, int]] = {}
@@ -175,7 +195,7 @@ class StateGuard:
 
     def _backup(self) -> None:
         try:
-            snapshot(self.experiment, self._seen)
+            snapshot(self.experiment, self._seen, quiet=self.quiet)
         except OSError:  # a full disk or a vanished folder must not take the launch down; the next pass retries
             pass
 
@@ -188,4 +208,5 @@ class StateGuard:
         if self.enabled:
             self._stop.set()
             self._thread.join()
-            self._backup()  # the final state Tune wrote at the end of fit
+            self.quiet = 0.0  # fit has returned: Tune wrote its final state and writes no more
+            self._backup()

@@ -1,6 +1,7 @@
 """Kill-safe Tune state: complete-file checks, last-complete copies, repair before --resume, the guard thread."""
 
 import json
+import pathlib
 import pickle
 import time
 
@@ -38,62 +39,123 @@ STATE = "experiment_state-2026-11-27_00-00-00.json"
 VARIANT = "basic-variant-state-2026-11-27_00-00-00.json"
 
 
-def test_snapshot_takes_the_complete_set_once_and_skips_a_pass_with_a_damaged_file(tmp_path):
+def test_snapshot_takes_the_consistent_set_once_and_skips_damaged_or_busy_passes(tmp_path):
     folder = _experiment(tmp_path)
     seen = {}
-    first = tune_state.snapshot(folder, seen)
+    assert tune_state.snapshot(folder, seen, quiet=60) is None  # just written: Tune may be mid-way through its set
+    first = tune_state.snapshot(folder, seen, quiet=0)
     assert first.name == "00000000"
     assert sorted(p.name for p in first.iterdir()) == sorted([STATE, VARIANT, "tuner.pkl"])
-    assert tune_state.snapshot(folder, seen) is None  # unchanged: no new snapshot
+    assert tune_state.snapshot(folder, seen, quiet=0) is None  # unchanged: no new snapshot
     good = (folder / STATE).read_bytes()
     (folder / STATE).write_bytes(good[:10])  # caught mid-write: the pass is skipped, the last snapshot stays
-    assert tune_state.snapshot(folder, seen) is None
+    assert tune_state.snapshot(folder, seen, quiet=0) is None
     (folder / STATE).write_bytes(good.replace(b'"x": 1', b'"x": 2'))
-    second = tune_state.snapshot(folder, seen)
+    second = tune_state.snapshot(folder, seen, quiet=0)
     third_state = good.replace(b'"x": 1', b'"x": 3')
     (folder / STATE).write_bytes(third_state)
-    third = tune_state.snapshot(folder, seen)
+    third = tune_state.snapshot(folder, seen, quiet=0)
     assert (second.name, third.name) == ("00000001", "00000002")
     assert sorted(p.name for p in (folder / tune_state.BACKUP_DIR).iterdir()) == ["00000001", "00000002"]  # keep 2
     assert (third / STATE).read_bytes() == third_state
 
 
+def test_snapshot_skips_a_set_that_changed_while_it_was_read(tmp_path, monkeypatch):
+    folder = _experiment(tmp_path)
+    real = pathlib.Path.read_bytes
+
+    def read_then_tune_writes(path):
+        data = real(path)
+        if path.name == STATE:  # Tune's next copy lands between our reads of its files
+            path.write_text(json.dumps({"trial_data": [], "runner_data": {"x": 9}}))
+        return data
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", read_then_tune_writes)
+    assert tune_state.snapshot(folder, {}, quiet=0) is None
+    monkeypatch.setattr(pathlib.Path, "read_bytes", real)
+    assert tune_state.snapshot(folder, {}, quiet=0) is not None
+
+
 def test_repair_puts_the_whole_snapshot_back_when_one_file_is_damaged(tmp_path):
     folder = _experiment(tmp_path)
-    tune_state.snapshot(folder)
-    assert tune_state.repair(folder) == []  # nothing damaged: nothing touched
+    tune_state.snapshot(folder, quiet=0)
+    assert tune_state.repair(folder) == []  # the state on disk is the snapshot: nothing touched
     good_state, good_variant = (folder / STATE).read_bytes(), (folder / VARIANT).read_bytes()
     # the search state moved on after the snapshot, then the experiment state was cut off: restoring only the
     # damaged file would pair an old trial list with a newer search state, so both come back as one set
     (folder / VARIANT).write_bytes(pickle.dumps({"_iter": 3}))
     (folder / STATE).write_bytes(b"")
     lines = tune_state.repair(folder)
-    assert len(lines) == 1 and STATE in lines[0] and "restored Tune's state as of" in lines[0]
+    assert len(lines) == 2 and "restoring Tune's state as of" in lines[0]
+    assert f"{STATE} was damaged" in "".join(lines) and f"{VARIANT} is newer than the last snapshot" in "".join(lines)
     assert (folder / STATE).read_bytes() == good_state and (folder / VARIANT).read_bytes() == good_variant
+    assert tune_state.repair(folder) == []
     (folder / "tuner.pkl").unlink()
-    assert "tuner.pkl was damaged" in tune_state.repair(folder)[0]
+    assert "tuner.pkl was missing" in tune_state.repair(folder)[0]
     assert pickle.loads((folder / "tuner.pkl").read_bytes()) == {"param_space": {"trial": ["a", "b"]}}
     assert (folder / "a_00000-label" / "result.json").read_text() == "{"  # trial folders are Tune's business
 
 
-def test_repair_sets_aside_a_damaged_file_newer_than_the_snapshot(tmp_path):
+def test_repair_sets_aside_a_state_written_after_the_snapshot(tmp_path):
     folder = _experiment(tmp_path)
-    tune_state.snapshot(folder)
+    tune_state.snapshot(folder, quiet=0)
     newer = folder / "experiment_state-2026-11-28_00-00-00.json"  # a resumed session's state, cut off
     newer.write_bytes(b'{"trial_data": [')
-    assert newer.name in tune_state.repair(folder)[0]
-    assert not newer.exists()  # Tune restores the newest name: the damaged one must not be it
-    assert (folder / tune_state.BACKUP_DIR / f"damaged-{newer.name}").read_bytes() == b'{"trial_data": ['
+    assert "set aside" in tune_state.repair(folder)[0]
+    assert not newer.exists()  # Tune restores the newest name: it must be the snapshot's
+    assert (folder / tune_state.BACKUP_DIR / f"set-aside-{newer.name}").read_bytes() == b'{"trial_data": ['
     assert json.loads((folder / STATE).read_text())["runner_data"] == {"x": 1}
 
 
-def test_repair_without_a_snapshot_names_the_file_and_changes_nothing(tmp_path):
+def test_repair_without_a_snapshot_names_the_damaged_file_and_changes_nothing(tmp_path):
     folder = _experiment(tmp_path)
+    assert tune_state.repair(folder) == []  # a launch from before the guard, undamaged: Tune restores it as is
     damaged = (folder / VARIANT).read_bytes()[:-3]
     (folder / VARIANT).write_bytes(damaged)
     with pytest.raises(tune_state.DamagedState, match=f"{VARIANT} is damaged .* without --resume"):
         tune_state.repair(folder)
     assert (folder / VARIANT).read_bytes() == damaged
+
+
+def test_a_kill_at_any_moment_of_tunes_writes_leaves_a_complete_consistent_state(tmp_path):
+    """Tune's sync, emulated: each write copies the experiment state, then the search state, in place and in
+    chunks, both tagged with the write's number. The guard runs alongside; the writer stops dead at a random
+    point (the kill). After repair, both files are complete and from the same write."""
+    import random
+    import threading
+
+    rng = random.Random(0)
+    for trial in range(6):
+        folder = tmp_path / f"exp{trial}"
+        folder.mkdir()
+        stop_at = rng.uniform(0.3, 0.8)
+        files = {STATE: lambda n: json.dumps({"write": n, "pad": "x" * 20000}).encode(),
+                 VARIANT: lambda n: pickle.dumps({"write": n, "pad": b"y" * 20000})}
+
+        def tune_writes():
+            start, n = time.time(), 0
+            while True:
+                for name, make in files.items():
+                    data = make(n)
+                    with open(folder / name, "wb") as f:
+                        for i in range(0, len(data), 4096):
+                            if time.time() - start > stop_at:
+                                return  # killed: this file stays cut off, the other one may be a write older
+                            f.write(data[i:i + 4096])
+                            f.flush()
+                            time.sleep(0.0005)
+                time.sleep(rng.uniform(0.0, 0.06))
+                n += 1
+
+        writer = threading.Thread(target=tune_writes)
+        with tune_state.StateGuard(str(folder), period=0.01, quiet=0.02) as guard:
+            writer.start()
+            writer.join()
+            guard._stop.set()  # the launcher dies with the writer: no final pass
+        tune_state.repair(folder)
+        state = json.loads((folder / STATE).read_bytes())
+        variant = pickle.loads((folder / VARIANT).read_bytes())
+        assert state["write"] == variant["write"] >= 1, trial
 
 
 def test_guard_keeps_copies_while_running_and_after_the_last_write(tmp_path):
