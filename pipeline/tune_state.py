@@ -180,10 +180,11 @@ class StateGuard:
     """Background thread that calls :func:`snapshot` every ``period`` seconds while a launch runs (local
     storage only; a no-op elsewhere). Use as a context manager around ``Tuner.fit``."""
 
-    def __init__(self, experiment: str, period: float = 1.0, quiet: float = 0.25):
+    def __init__(self, experiment: str, period: float = 1.0, quiet: float = 0.25, keep: int = 2):
         self.experiment = experiment
         self.period = period
         self.quiet = quiet
+        self.keep = keep
         self.enabled = is_local(experiment)
         self._stop = threading.Event()
         self._seen: dict[str, tuple[int, int]] = {}
@@ -195,7 +196,7 @@ class StateGuard:
 
     def _backup(self) -> None:
         try:
-            snapshot(self.experiment, self._seen, quiet=self.quiet)
+            snapshot(self.experiment, self._seen, keep=self.keep, quiet=self.quiet)
         except OSError:  # a full disk or a vanished folder must not take the launch down; the next pass retries
             pass
 

@@ -147,7 +147,7 @@ def test_killed_launcher_resumes_without_duplicate_runs(ray_session, tmp_path):
     resumed = _launch(ray_session, tmp_path, spec, "--resume")
     out = _finish(resumed)
     assert resumed.returncode == 0, out
-    assert f"{states[0].name} was damaged" in out and "from its last complete copy in .diml-state/" in out
+    assert f"{states[0].name} was damaged" in out and "its last consistent snapshot (.diml-state/" in out
     assert "Failed to restore the run state" not in out
     c, after = _children(tmp_path, "resume")
     assert len(after) == 2, [r.info.run_name for r in after]

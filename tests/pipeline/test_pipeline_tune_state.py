@@ -132,7 +132,7 @@ def test_a_kill_at_any_moment_of_tunes_writes_leaves_a_complete_consistent_state
         files = {STATE: lambda n: json.dumps({"write": n, "pad": "x" * 20000}).encode(),
                  VARIANT: lambda n: pickle.dumps({"write": n, "pad": b"y" * 20000})}
 
-        def tune_writes():
+        def tune_writes(folder, files, stop_at):
             start, n = time.time(), 0
             while True:
                 for name, make in files.items():
@@ -144,14 +144,20 @@ def test_a_kill_at_any_moment_of_tunes_writes_leaves_a_complete_consistent_state
                             f.write(data[i:i + 4096])
                             f.flush()
                             time.sleep(0.0005)
+                    time.sleep(0.003)  # between two files of one write: the set on disk is mixed but complete
                 time.sleep(rng.uniform(0.0, 0.06))
                 n += 1
 
-        writer = threading.Thread(target=tune_writes)
-        with tune_state.StateGuard(str(folder), period=0.01, quiet=0.02) as guard:
+        writer = threading.Thread(target=tune_writes, args=(folder, files, stop_at))
+        with tune_state.StateGuard(str(folder), period=0.01, quiet=0.02, keep=10**6) as guard:
             writer.start()
             writer.join()
             guard._stop.set()  # the launcher dies with the writer: no final pass
+        snapshots = tune_state._generations(folder)
+        assert len(snapshots) >= 2
+        for taken in snapshots:  # every snapshot is one write's set, whichever would be the newest at a kill
+            assert json.loads((taken / STATE).read_bytes())["write"] == \
+                pickle.loads((taken / VARIANT).read_bytes())["write"], (trial, taken.name)
         tune_state.repair(folder)
         state = json.loads((folder / STATE).read_bytes())
         variant = pickle.loads((folder / VARIANT).read_bytes())
