@@ -11,7 +11,7 @@ import copy
 import time
 from typing import Any
 
-from pipeline import tracking
+from pipeline import tracking, tune_state
 from pipeline.grid import set_path
 from pipeline.specs import RunSpec
 
@@ -34,8 +34,13 @@ def _decode_search(sampled: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in sampled.items()}
 
 
+def train_run_name(trial_id: str) -> str:
+    """The Ray Train run of a Tune trial, named after its id so that a restarted trial finds its checkpoints."""
+    return f"train-{trial_id}"
+
+
 def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: dict,
-                  started_at: float):
+                  started_at: float, resume_from: str | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -50,12 +55,12 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec_json, "run_id": run_id, "tracking_uri": launch["tracking_uri"],
-                           "trial_started_at": started_at},
+                           "trial_started_at": started_at, "resume_from": resume_from},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",
+            name=train_run_name(trial_id),
             storage_path=launch["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep,
@@ -93,8 +98,16 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
             ray.tune.report({k: v for k, v in run.data.metrics.items() if k.startswith("best/")}
                             | {SELECTION_SCORE: run.data.metrics.get("best/selection_score", 0.0)})
             return
+    from pipeline.worker import STATE_FILE
+
+    resume_from, recovered = tune_state.recover_train_run(
+        f"{launch['storage_path'].rstrip('/')}/{train_run_name(trial_id)}", STATE_FILE)
+    if recovered:
+        print(recovered)
+        if run_id:
+            tracking.set_tags(uri, run_id, {"train_state_recovered": recovered[:4000]})
     try:
-        result = build_trainer(spec, spec_json, trial_id, run_id, launch, started_at).fit()
+        result = build_trainer(spec, spec_json, trial_id, run_id, launch, started_at, resume_from).fit()
         outcome = result.return_value or {}
         if result.error is not None:
             raise result.error

@@ -1,4 +1,5 @@
-"""Kill-safe Tune experiment state on local storage: last-complete copies of Tune's state files, and their repair.
+"""Kill-safe Tune and Train state on local storage: snapshots of Tune's state files and their repair before
+``--resume``; a trial's damaged Ray Train snapshot set aside and its newest whole checkpoint resumed from.
 
 Tune (Ray 2.60) writes its experiment state non-atomically: the driver dumps it into a staging folder and a
 background thread copies that folder over ``<storage>/<experiment>/`` in place. A launcher killed during that copy
@@ -174,6 +175,51 @@ def repair(experiment: str | pathlib.Path) -> list[str]:
         if live.get(name) != saved[name]:
             _write_atomic(folder / name, saved[name])
     return lines
+
+
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2._internal.constants, Ray 2.60
+
+
+def _complete_checkpoint(folder: pathlib.Path, state_file: str) -> bool:
+    """Whether ``folder`` holds a whole ``state_file`` (torch.save's zip: every member's CRC is checked)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(folder / state_file) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def recover_train_run(run_dir: str, state_file: str) -> tuple[str | None, str | None]:
+    """Ray Train's own resume state of one trial, made usable after a kill: Train V2 rewrites
+    ``checkpoint_manager_snapshot.json`` in place when it registers a checkpoint, and a damaged one fails the
+    trial on every retry. Returns ``(checkpoint folder to resume from, message)``, both None when Train resumes
+    by itself (its snapshot is whole, or there is neither a snapshot nor a checkpoint) or the storage is not
+    local. A damaged snapshot is set aside (renamed, never deleted), so Train starts the run afresh in the same
+    folder, and the newest checkpoint whose ``state_file`` is whole is returned for the trial to resume from; so
+    it is when the snapshot is missing beside checkpoints (set aside by an earlier attempt that was stopped before
+    Train wrote a new one)."""
+    if not is_local(run_dir):
+        return None, None
+    folder = _local(run_dir)
+    snapshot_path = folder / TRAIN_SNAPSHOT
+    try:
+        json.loads(snapshot_path.read_bytes())
+        return None, None
+    except FileNotFoundError:
+        damaged = False
+    except ValueError:
+        damaged = True
+        os.replace(snapshot_path, folder / f".set-aside-{TRAIN_SNAPSHOT}")
+    checkpoints = sorted((p for p in folder.glob("checkpoint_*") if p.is_dir()), reverse=True)
+    if not checkpoints and not damaged:
+        return None, None
+    resume = next((p for p in checkpoints if _complete_checkpoint(p, state_file)), None)
+    what = ("was damaged (a kill while Train wrote it); set aside as .set-aside-" + TRAIN_SNAPSHOT if damaged
+            else "is missing")
+    where = f"continues from {resume.name}" if resume else "has no whole checkpoint and starts over"
+    return str(resume) if resume else None, f"Ray Train's {TRAIN_SNAPSHOT} of {folder.name} {what}; the trial {where}"
 
 
 class StateGuard:

@@ -237,6 +237,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     spec = ctx.spec
     progress, best = Progress(), Best()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):  # Train's own resume state was damaged and set aside
+        checkpoint = ray.train.Checkpoint(config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)

@@ -15,6 +15,8 @@ import pytest
 
 from e2e_support import ROOT, TINY_SPEC, write_spec
 
+from pipeline.tune_state import TRAIN_SNAPSHOT
+
 pytestmark = pytest.mark.e2e
 
 
@@ -144,6 +146,11 @@ def test_killed_launcher_resumes_without_duplicate_runs(ray_session, tmp_path):
     c, before = _children(tmp_path, "resume")
     finished_before = {r.info.run_id: len(c.get_metric_history(r.info.run_id, "train/loss"))
                        for r in before if r.info.status == "FINISHED"}
+    # and what a kill while Ray Train registered a checkpoint leaves: the interrupted trial's Train snapshot cut off
+    running = [r for r in before if r.info.status != "FINISHED"]
+    assert len(running) == 1
+    train_snapshot = tmp_path / "ray" / f"train-{running[0].data.tags['ray_trial_id']}" / TRAIN_SNAPSHOT
+    train_snapshot.write_bytes(train_snapshot.read_bytes()[:25])
     resumed = _launch(ray_session, tmp_path, spec, "--resume")
     out = _finish(resumed)
     assert resumed.returncode == 0, out
@@ -156,6 +163,8 @@ def test_killed_launcher_resumes_without_duplicate_runs(ray_session, tmp_path):
         assert len(c.get_metric_history(run_id, "train/loss")) == n_losses
     interrupted = [r for r in after if r.info.run_id not in finished_before][0]
     assert int(interrupted.data.tags["restored_from_epoch"]) >= 1  # continued from a checkpoint, not from scratch
+    assert "was damaged" in interrupted.data.tags["train_state_recovered"]
+    assert "continues from checkpoint_" in interrupted.data.tags["train_state_recovered"]
     steps = [m.step for m in c.get_metric_history(interrupted.info.run_id, "train/loss")]
     assert set(steps) == {0, 1, 2, 3}
     parents = [r for r in c.search_runs([after[0].info.experiment_id]) if r.data.tags.get("diml.role") == "launch"]
