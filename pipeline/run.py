@@ -138,6 +138,10 @@ def _trainable(plan: Plan, launch: dict[str, Any]):
 
 
 def _trial_dirname(trial) -> str:
+    if "trial" not in trial.config:  # Tune could not restore the experiment and started it over without our grid
+        raise tune_state.DamagedState(
+            "--resume: Tune could not restore this launch's experiment (see 'Failed to restore the run state' above) and "
+            "would start it over, training finished trials again; launch without --resume to start anew")
     return f"{trial.trial_id}-{trial.config['trial']}"[:120]
 
 
@@ -203,8 +207,12 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
             tuner = _tuner(plan, info, name, storage, resources,
                            autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
-        with tune_state.StateGuard(path):
-            grid = tuner.fit()
+        try:
+            with tune_state.StateGuard(path):
+                grid = tuner.fit()
+        except tune_state.DamagedState:
+            tracking.end_run(uri, parent, "FAILED")
+            raise
         timings["trials"] = time.perf_counter() - clock
         errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}

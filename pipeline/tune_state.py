@@ -36,7 +36,8 @@ STATE_SUFFIXES = (".json", ".pkl")
 
 
 class DamagedState(RuntimeError):
-    """A Tune state file is damaged and has no complete copy: the experiment cannot be restored as it was."""
+    """Tune's state cannot be restored as it was (a damaged file without a snapshot, or a restore that Tune gave up
+    on): the launch stops rather than train finished trials again."""
 
 
 def is_local(path: str) -> bool:

@@ -255,3 +255,15 @@ def test_a_damaged_train_snapshot_without_a_whole_checkpoint_starts_over(tmp_pat
     (run / "checkpoint_2026-11-27_00-00-00.000000" / "state.pt").write_bytes(b"PK\x03\x04")
     resume, message = tune_state.recover_train_run(str(run), "state.pt")
     assert resume is None and "starts over" in message
+
+
+def test_a_trial_of_an_experiment_tune_started_over_stops_the_launch():
+    from types import SimpleNamespace
+
+    from pipeline.run import _trial_dirname
+
+    assert _trial_dirname(SimpleNamespace(trial_id="abc_00000", config={"trial": "margin_diml"})) == \
+        "abc_00000-margin_diml"
+    # what Tune creates after "Failed to restore the run state": the grid's label is gone (CI's KeyError: 'trial')
+    with pytest.raises(tune_state.DamagedState, match="could not restore .* without --resume"):
+        _trial_dirname(SimpleNamespace(trial_id="abc_00000", config={}))
