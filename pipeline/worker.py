@@ -10,6 +10,7 @@ split (global and test-time DIML at every depth) and logged with the artifacts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -226,12 +227,27 @@ class _Clock:
         return out
 
 
+def quiet_worker_logs() -> None:
+    """Keep INFO chatter out of the launcher's console (Ray forwards every worker's stderr to it): faiss's loader
+    logs each SIMD build it tries, and Ray Train 2.60 logs every ``ray.train.report`` with all its metrics through
+    a logger named after its module's file (outside ``ray.train``, so ``LoggingConfig`` does not reach it)."""
+    import importlib.util
+
+    names = ["faiss", "faiss.loader"]
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        names.append(spec.origin)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the trial's TorchTrainer; rank 0 returns the final metrics."""
     import ray.train
 
     from diml.engine import NonFiniteLossError, train_epoch
 
+    quiet_worker_logs()
     clock = _Clock(started=time.time(), trial_started=config.get("trial_started_at"))
     ctx, splits, module, optimizer, scheduler = _setup(config)
     spec = ctx.spec

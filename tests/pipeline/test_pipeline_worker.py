@@ -58,3 +58,22 @@ def test_selection_score_reads_the_named_metric():
 
     with pytest.raises(ValueError, match="add its depth to evaluation.depths"):
         selection_score(results, "diml_K10/R_at_1")
+
+
+def test_worker_chatter_is_kept_out_of_the_launcher_console():
+    import logging
+
+    import ray.train.v2._internal.execution.context as train_context
+
+    from pipeline.worker import quiet_worker_logs
+
+    loggers = [train_context.logger, logging.getLogger("faiss.loader")]
+    levels = [lg.level for lg in loggers]
+    try:
+        quiet_worker_logs()
+        # Ray Train's per-report INFO line (all metrics, every epoch) and faiss's SIMD probing are silenced
+        assert not any(lg.isEnabledFor(logging.INFO) for lg in loggers)
+        assert all(lg.isEnabledFor(logging.WARNING) for lg in loggers)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
