@@ -252,9 +252,10 @@ class StateGuard:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.enabled:
             self._stop.set()
             self._thread.join()
-            self.quiet = 0.0  # fit has returned: Tune wrote its final state and writes no more
+            if exc_type is None:  # fit returned: Tune synced its final state (and waited for it) and writes no more
+                self.quiet = 0.0  # otherwise its sync thread may still be copying: the quiet rule stays
             self._backup()

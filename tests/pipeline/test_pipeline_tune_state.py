@@ -178,6 +178,11 @@ def test_guard_keeps_copies_while_running_and_after_the_last_write(tmp_path):
     latest = tune_state._generations(folder)[-1]
     assert json.loads((latest / STATE).read_text())["runner_data"] == {"x": 2}  # the exit takes the last write
     assert not guard._thread.is_alive()
+    # fit raised: Tune's sync thread may still be mid-copy, so a just-written set is not taken on the way out
+    state.write_text(json.dumps({"trial_data": [], "runner_data": {"x": 3}}))
+    with pytest.raises(KeyboardInterrupt), tune_state.StateGuard(str(folder), period=60):
+        raise KeyboardInterrupt
+    assert tune_state._generations(folder)[-1] == latest
     assert not tune_state.StateGuard("s3://bucket/exp").enabled
 
 
