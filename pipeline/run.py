@@ -182,7 +182,7 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
         print(f"--resume: no earlier launch of this spec under {storage}; starting a new one")
     name = pointer["tune_name"] if pointer else f"{launch}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = f"{storage.rstrip('/')}/{name}"
-    if pointer and tune_state.is_local(path):
+    if pointer:
         for line in tune_state.repair(path):  # DamagedState stops here, before Ray or MLflow is touched
             print(line)
     parent = pointer["parent_run_id"] if pointer else tracking.start_parent_run(

@@ -45,7 +45,7 @@ def is_local(path: str) -> bool:
 
 
 def _local(path: str) -> pathlib.Path:
-    return pathlib.Path(path[len("file://"):] if path.startswith("file://") else path)
+    return pathlib.Path(path.removeprefix("file://"))
 
 
 def is_complete(data: bytes) -> bool:
@@ -73,12 +73,16 @@ def _state_files(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in entries if p.suffix in STATE_SUFFIXES and p.is_file() and not p.name.startswith("."))
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _write_synced(tmp, data)
     os.replace(tmp, path)
 
 
@@ -123,10 +127,7 @@ def snapshot(experiment: str | pathlib.Path, seen: dict[str, tuple[int, int]] | 
     staging = folder / BACKUP_DIR / f".{number:08d}.{os.getpid()}"
     staging.mkdir(parents=True)
     for name, data in contents.items():
-        with open(staging / name, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(staging / name, data)
     target = folder / BACKUP_DIR / f"{number:08d}"
     os.rename(staging, target)
     for old in (generations + [target])[:-keep]:
@@ -141,7 +142,10 @@ def repair(experiment: str | pathlib.Path) -> list[str]:
     file damaged, missing or added, or just newer: the launcher was killed after Tune's last write that the guard
     saw whole, and that write may be damaged or mixed with the one before). Returns what was done, one line per
     file; [] when the state on disk is the newest snapshot or there is no snapshot and nothing is damaged.
-    Raises :class:`DamagedState` when a file is damaged and there is no snapshot (nothing is changed then)."""
+    Raises :class:`DamagedState` when a file is damaged and there is no snapshot (nothing is changed then).
+    Remote storage is left to Tune (no snapshots are taken there)."""
+    if not is_local(str(experiment)):
+        return []
     folder = _local(str(experiment))
     live = {p.name: p.read_bytes() for p in _state_files(folder)}
     damaged = sorted(name for name, data in live.items() if not is_complete(data))

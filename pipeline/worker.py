@@ -233,7 +233,7 @@ def quiet_worker_logs() -> None:
     a logger named after its module's file (outside ``ray.train``, so ``LoggingConfig`` does not reach it)."""
     import importlib.util
 
-    names = ["faiss", "faiss.loader"]
+    names = ["faiss"]  # its loader logs as faiss.loader
     spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
     if spec is not None and spec.origin:
         names.append(spec.origin)

@@ -110,6 +110,7 @@ def test_repair_sets_aside_a_state_written_after_the_snapshot(tmp_path):
 def test_repair_without_a_snapshot_names_the_damaged_file_and_changes_nothing(tmp_path):
     folder = _experiment(tmp_path)
     assert tune_state.repair(folder) == []  # a launch from before the guard, undamaged: Tune restores it as is
+    assert tune_state.repair("s3://bucket/exp") == []  # remote storage: no snapshots, left to Tune
     damaged = (folder / VARIANT).read_bytes()[:-3]
     (folder / VARIANT).write_bytes(damaged)
     with pytest.raises(tune_state.DamagedState, match=f"{VARIANT} is damaged .* without --resume"):
