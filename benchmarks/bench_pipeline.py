@@ -32,7 +32,7 @@ SCALING_SPEC = {
     "optimizer": {"lr": 1e-3},
     "batch": {"size": 32, "images_per_class": 2, "batches_per_epoch": 12},
     "evaluation": {"depths": [10], "explanations": 0},
-    "resources": {"max_concurrent_trials": 1},
+    "launch": {"max_concurrent_trials": 1},
     "grid": {"resources": [{"workers_per_trial": 1, "cpus_per_worker": 2},
                            {"workers_per_trial": 2, "cpus_per_worker": 1}]},
 }
@@ -40,7 +40,7 @@ SCALING_SPEC = {
 
 def _launch(spec_path: pathlib.Path, folder: pathlib.Path, *sets: str) -> tuple[float, str]:
     argv = [sys.executable, "-m", "pipeline.launch", str(spec_path), "--set",
-            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", "--set", f"resources.storage_path={folder / 'ray'}",
+            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}", "--set", f"launch.storage_path={folder / 'ray'}",
             *[x for s in sets for x in ("--set", s)]]
     start = time.perf_counter()
     out = subprocess.run(argv, cwd=folder, capture_output=True, text=True)

@@ -62,7 +62,7 @@ def _rankings(rows: list[TrialRow]) -> list[str]:
     return sorted(names, key=depth)
 
 
-def collect_results(uri: str, experiment_id: str, parent_run_id: str, spec=None) -> ResultsTable:
+def collect_results(uri: str, experiment_id: str, parent_run_id: str) -> ResultsTable:
     """Every child run of ``parent_run_id`` with its tags and latest metrics, ordered by trial index."""
     runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent_run_id}'")
     rows = [TrialRow(name=r.data.tags.get("mlflow.runName", r.info.run_id), run_id=r.info.run_id,

@@ -36,12 +36,12 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_grid(ray_session, tmp_path_factory):
     """The tiny grid launched once through ``pipeline.launch`` on the shared runtime."""
-    from pipeline.launch import main
+    from pipeline.launch.cli import main
 
     folder = tmp_path_factory.mktemp("tiny_grid")
     spec = write_spec(folder, TINY_SPEC)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     argv = [str(spec), "--set", f"tracking.uri={uri}", "--set", f"tracking.artifact_location={folder / 'art'}",
-            "--set", f"resources.storage_path={folder / 'ray'}"]
+            "--set", f"launch.storage_path={folder / 'ray'}"]
     code = main(argv)
     return {"code": code, "uri": uri, "folder": folder, "experiment": "tiny", "argv": argv}

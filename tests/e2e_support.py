@@ -26,7 +26,8 @@ TINY_SPEC = {
     "batch": {"size": 8, "images_per_class": 2, "batches_per_epoch": 2},
     "evaluation": {"depths": [3, 5], "batch_size": 16, "explanations": 1, "before_training": True,
                    "save_embeddings": True},
-    "resources": {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 2},
+    "resources": {"workers_per_trial": 2, "cpus_per_worker": 1},
+    "launch": {"max_concurrent_trials": 2},
     "grid": {"loss.similarity": ["global", "diml"]},
 }
 

@@ -2,7 +2,7 @@
 
 Public API:
 
-* :func:`build_loss` -> :class:`MetricLoss` (``forward(global_emb (B, D), local_emb (B, D, R), labels (B,))``),
+* :func:`check_loss` (validate a choice without building it), :func:`build_loss` -> :class:`MetricLoss` (``forward(global_emb (B, D), local_emb (B, D, R), labels (B,))``),
   :func:`list_losses`, :func:`list_miners`.
 * :class:`StructuralSimilarity` / :class:`StructuralDistance`: DIML's structural similarity as pytorch-metric-learning
   distances over packed embeddings (:func:`pack_embeddings`), usable with any PML pair loss or miner.
@@ -11,7 +11,7 @@ Public API:
 ``build_loss("multisimilarity", similarity="diml", ...)`` its multi-similarity-DIML.
 """
 
-from .build import MetricLoss, build_loss, list_losses, list_miners
+from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners
 from .structural import StructuralDistance, StructuralSimilarity, pack_embeddings, unpack_embeddings
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "StructuralDistance",
     "StructuralSimilarity",
     "build_loss",
+    "check_loss",
     "list_losses",
     "list_miners",
     "pack_embeddings",

@@ -116,21 +116,13 @@ def build_loss(
     Raises:
         ValueError: unknown name / hyperparameter, invalid value, or an impossible combination.
     """
-    entry = LOSSES.get(name)
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES} (got {similarity!r})")
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("embed_dim", embed_dim)
-    resolved = resolve_params(f"loss {name!r}", entry.params, params)
-    ot_options = check_ot_options(ot)
+    resolved = check_loss(name, params, similarity=similarity, miner=miner, miner_params=miner_params)
+    entry = LOSSES.get(name)
     metric = entry.info["metric"]
-    if similarity == "diml" and metric is None:
-        raise ValueError(
-            f"loss {name!r} works on the global embedding (proxies/classes or embedding geometry) and has no "
-            f"structural form; use similarity='global' (DIML can still re-rank at test time), or a pair loss: "
-            f"{', '.join(n for n in LOSSES.names() if LOSSES.get(n).info['metric'])}"
-        )
-    miner_module = _build_miner(name, entry.info["miner"], miner, miner_params)
+    ot_options = check_ot_options(ot)
+    miner_module = _build_miner(miner, miner_params)
     loss_module = entry.factory(**resolved, num_classes=num_classes, embed_dim=embed_dim)
     if similarity == "diml":
         loss_module.distance = _structural_distance(metric, ot_options)
@@ -140,16 +132,41 @@ def build_loss(
                       embed_dim=embed_dim, mined_pairs_only=mined_pairs_only)
 
 
-def _build_miner(loss_name: str, takes_miner: bool, miner: str | None, miner_params: dict | None):
+def check_loss(name: str, params: dict | None = None, *, similarity: str = "global", miner: str | None = None,
+               miner_params: dict | None = None) -> dict:
+    """Check a loss choice against the registries without building anything (spec validation uses this).
+
+    Returns the resolved hyperparameters of loss ``name``; raises ``ValueError`` for an unknown loss or miner, an
+    unknown or invalid hyperparameter, or a combination that cannot work (a structural form of a proxy loss, a miner
+    for a loss that selects its own pairs). :func:`build_loss` runs the same checks.
+    """
+    entry = LOSSES.get(name)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES} (got {similarity!r})")
+    resolved = resolve_params(f"loss {name!r}", entry.params, params)
+    if similarity == "diml" and entry.info["metric"] is None:
+        raise ValueError(
+            f"loss {name!r} works on the global embedding (proxies/classes or embedding geometry) and has no "
+            f"structural form; use similarity='global' (DIML can still re-rank at test time), or a pair loss: "
+            f"{', '.join(n for n in LOSSES.names() if LOSSES.get(n).info['metric'])}"
+        )
     if miner is None:
         if miner_params:
             raise ValueError("miner_params were given without a miner; pass miner=<name> or drop miner_params")
-        return None
-    if not takes_miner:
+    elif not entry.info["miner"]:
         raise ValueError(
-            f"loss {loss_name!r} selects its own pairs or uses proxies and takes no miner; pass miner=None "
+            f"loss {name!r} selects its own pairs or uses proxies and takes no miner; pass miner=None "
             f"(losses that take one: {', '.join(n for n in LOSSES.names() if LOSSES.get(n).info['miner'])})"
         )
+    else:
+        miner_entry = MINERS.get(miner)
+        resolve_params(f"miner {miner!r}", miner_entry.params, miner_params)
+    return resolved
+
+
+def _build_miner(miner: str | None, miner_params: dict | None):
+    if miner is None:
+        return None
     entry = MINERS.get(miner)
     return entry.factory(**resolve_params(f"miner {miner!r}", entry.params, miner_params))
 

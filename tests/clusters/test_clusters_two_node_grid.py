@@ -25,7 +25,8 @@ def _tiny_spec() -> dict:
     spec.loader.exec_module(module)
     tiny = copy.deepcopy(module.TINY_SPEC)
     tiny["name"] = "two-node"
-    tiny["resources"].update(workers_per_trial=2, cpus_per_worker=1, max_concurrent_trials=2)  # the layout below
+    tiny["resources"].update(workers_per_trial=2, cpus_per_worker=1)  # the layout below
+    tiny["launch"] = {**tiny.get("launch", {}), "max_concurrent_trials": 2}
     tiny["grid"] = {"loss.similarity": ["global", "diml"]}
     return tiny
 
@@ -47,7 +48,7 @@ def test_tiny_grid_with_address_runs_trials_on_both_nodes_and_reaches_mlflow(tmp
         pgids, temp_root = [cluster.head.pgid, cluster.worker.pgid], cluster.temp_root
         argv = [sys.executable, "-m", "pipeline.launch", str(spec), "--address", cluster.address,
                 "--set", f"tracking.uri={uri}", "--set", f"tracking.artifact_location={tmp_path / 'art'}",
-                "--set", f"resources.storage_path={tmp_path / 'ray'}"]
+                "--set", f"launch.storage_path={tmp_path / 'ray'}"]
         env = cluster.driver_env()
         env.pop("RAY_ADDRESS")  # the address comes from --address
         env.pop("MLFLOW_TRACKING_URI", None)

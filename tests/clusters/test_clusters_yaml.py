@@ -166,7 +166,7 @@ def test_launch_command_submits_the_full_grid_through_the_job_server(path):
     assert entry[:3] == ["python", "-m", "pipeline.launch"]
     spec = entry[3]
     assert spec == "specs/full_grid.yaml" and (REPO / spec).is_file()
-    from pipeline.launch import parse_args
+    from pipeline.launch.cli import parse_args
 
     parse_args(entry[3:])  # the launcher accepts the arguments as written
 
@@ -181,12 +181,13 @@ def dataset_roots(tmp_path, monkeypatch):
 
 
 def full_grid_worker_demand() -> tuple[float, float, float]:
-    """(cpus_per_worker, gpus_per_worker, trial_cpus) of the full grid, from the real spec."""
-    from pipeline.grid import build_plan, load_spec_file
+    """(cpus_per_worker, gpus_per_worker, driver_cpus) of the full grid, from the real spec."""
+    from pipeline.launch.study import build_study, load_spec_file
 
-    plan = build_plan(load_spec_file(str(REPO / "specs/full_grid.yaml")), source="specs/full_grid.yaml", sets=[])
-    resources = {(t.spec.resources.cpus_per_worker, t.spec.resources.gpus_per_worker, t.spec.resources.trial_cpus)
-                 for t in plan.trials}
+    study = build_study(load_spec_file(str(REPO / "specs/full_grid.yaml")), source="specs/full_grid.yaml", sets=[])
+    driver_cpus = study.launch.launch.driver_cpus
+    resources = {(t.spec.resources.cpus_per_worker, t.spec.resources.gpus_per_worker, driver_cpus)
+                 for t in study.trials}
     return max(resources)
 
 
@@ -205,7 +206,7 @@ def test_every_gpu_of_every_node_type_can_host_a_full_grid_worker(path, dataset_
 def test_launch_command_dry_runs_for_the_largest_aws_cluster(dataset_roots, capsys):
     """The exact entrypoint of the launch command, in the environment the head gives it, passes the launcher's
     checks; at the cluster's full size every GPU runs a trial at once."""
-    from pipeline.launch import main
+    from pipeline.launch.cli import main
 
     config = rendered(CLUSTERS / "aws-gpu.yaml")
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]

@@ -15,7 +15,7 @@ import pytest
 
 from e2e_support import ROOT, TINY_SPEC, write_spec
 
-from pipeline.tune_state import TRAIN_SNAPSHOT
+from pipeline.trial.train_state import TRAIN_SNAPSHOT
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def _launch(ray_session, folder: pathlib.Path, spec: dict, *extra: str) -> subpr
     argv = [sys.executable, "-m", "pipeline.launch", str(path), "--address", address,
             "--set", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
             "--set", f"tracking.artifact_location={folder / 'art'}",
-            "--set", f"resources.storage_path={folder / 'ray'}", *extra]
+            "--set", f"launch.storage_path={folder / 'ray'}", *extra]
     return subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -125,7 +125,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_session, tmp_pa
 
 def test_killed_launcher_resumes_without_duplicate_runs(ray_session, tmp_path):
     spec = _spec("resume", epochs=4, grid={"seed": [0, 1]},
-                 resources={**TINY_SPEC["resources"], "max_concurrent_trials": 1})
+                 launch={**TINY_SPEC["launch"], "max_concurrent_trials": 1})
     proc = _launch(ray_session, tmp_path, spec)
 
     def second_trial_has_an_epoch():

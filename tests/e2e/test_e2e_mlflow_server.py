@@ -90,7 +90,7 @@ def test_rest_api_shows_experiment_runs_tags_and_metrics(server):
 
 def test_launch_logs_through_a_remote_server(server, ray_session, tmp_path):
     """The whole trial logging path (child run, metrics, checkpoint artifact) against the server."""
-    from pipeline.launch import main
+    from pipeline.launch.cli import main
 
     spec = {k: v for k, v in TINY_SPEC.items() if k != "grid"}
     spec.update(name="remote", evaluation={"depths": [3], "batch_size": 16, "explanations": 0})
@@ -98,7 +98,7 @@ def test_launch_logs_through_a_remote_server(server, ray_session, tmp_path):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = server
     try:
-        code = main([str(path), "--set", f"resources.storage_path={tmp_path / 'ray'}"])
+        code = main([str(path), "--set", f"launch.storage_path={tmp_path / 'ray'}"])
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI") if old is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", old)
     assert code == 0
@@ -111,7 +111,7 @@ def test_launch_logs_through_a_remote_server(server, ray_session, tmp_path):
 
 
 def test_unreachable_server_stops_the_launch_before_any_trial(tmp_path, capsys):
-    from pipeline.launch import main
+    from pipeline.launch.cli import main
 
     path = write_spec(tmp_path, {**{k: v for k, v in TINY_SPEC.items() if k != "grid"}, "name": "nowhere"})
     code = main([str(path), "--set", f"tracking.uri=http://127.0.0.1:{_free_port()}"])

@@ -5,8 +5,8 @@ import pathlib
 import pytest
 import yaml
 
-from pipeline.grid import SpecError, build_plan, check_path, load_spec_file
-from pipeline.launch import main as launch_main
+from pipeline.launch.study import SpecError, build_study, check_path, load_spec_file
+from pipeline.launch.cli import main as launch_main
 from pipeline.specs import RunSpec
 
 BASE = {"name": "t", "data": {"dataset": "synthetic", "image_size": 32}, "model": {"backbone": "resnet18"},
@@ -63,13 +63,25 @@ CATALOGUE = [
      "a 'loguniform' search dimension needs low > 0"),
     ("override path not a field", _with("overrides", [{"when": {"data.datset": "sop"}, "set": {"epochs": 1}}]),
      "'datset' is not a spec field; allowed under data"),
+    ("grid over a launch field", _with("grid", {"tracking.experiment": ["a", "b"]}),
+     "grid: tracking.experiment belongs to the launch as a whole (tracking.experiment) and cannot vary"),
+    ("grid over a moved launch field", _with("grid", {"resources.storage_path": ["/a", "/b"]}),
+     "grid: resources.storage_path belongs to the launch as a whole (launch.storage_path) and cannot vary"),
+    ("override sets a launch field", _with("overrides", [{"when": {"seed": 0}, "set": {"launch.driver_cpus": 1}}]),
+     "overrides: launch.driver_cpus belongs to the launch as a whole"),
+    ("search over a launch field", _with("search", {"space": {"launch.max_concurrent_trials": {
+        "type": "randint", "low": 1, "high": 4}}}), "search.space: launch.max_concurrent_trials belongs to the launch"),
+    ("launch field in its old place", _with("resources", {"max_concurrent_trials": 2}),
+     "resources.max_concurrent_trials is now launch.max_concurrent_trials (a setting of the launch as a whole)"),
+    ("bad launch value", _with("launch", {"driver_cpus": 0}), "launch.driver_cpus: Input should be greater than 0"),
+    ("unknown launch key", _with("launch", {"storage": "/x"}), "'storage' is not a spec field; allowed under launch"),
 ]
 
 
 @pytest.mark.parametrize("raw,expected", [c[1:] for c in CATALOGUE], ids=[c[0] for c in CATALOGUE])
 def test_malformed_spec_is_reported_with_field_path_and_fix(raw, expected):
     with pytest.raises(SpecError) as info:
-        build_plan(raw, source="bad.yaml")
+        build_study(raw, source="bad.yaml")
     text = str(info.value)
     assert expected in text, text
     assert text.startswith("1 problem(s) in bad.yaml") or "problem(s) in bad.yaml" in text
@@ -80,7 +92,7 @@ def test_several_errors_are_reported_together():
     raw["model"]["backbone"] = "resnet7"
     raw["loss"] = {"name": "nope"}
     with pytest.raises(SpecError) as info:
-        build_plan(raw)
+        build_study(raw)
     assert len(info.value.problems) == 3
     assert {p.split(":")[0] for p in info.value.problems} == {"epochs", "model.backbone", "loss.name"}
 
@@ -89,14 +101,14 @@ def test_base_error_in_a_grid_is_reported_once():
     raw = _with("epochs", 0)
     raw["grid"] = {"seed": [0, 1, 2]}
     with pytest.raises(SpecError) as info:
-        build_plan(raw)
+        build_study(raw)
     assert info.value.problems == ["epochs: Input should be greater than or equal to 1 (got 0) (in all 3 trials)"]
 
 
 def test_error_in_one_grid_point_names_the_trial():
     raw = _with("grid", {"batch.size": [8, 9]})
     with pytest.raises(SpecError) as info:
-        build_plan(raw)
+        build_study(raw)
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith("trial 1 (9): batch: ")
 
@@ -108,31 +120,31 @@ def test_grid_is_cartesian_with_dict_axes_and_overrides():
         "seed": [0, 1],
     })
     raw["overrides"] = [{"when": {"loss.name": "triplet"}, "set": {"epochs": 7}}]
-    plan = build_plan(raw)
-    assert len(plan.trials) == 8
-    specs = [t.spec for t in plan.trials]
+    study = build_study(raw)
+    assert len(study.trials) == 8
+    specs = [t.spec for t in study.trials]
     assert [s.loss.name for s in specs] == ["margin"] * 4 + ["triplet"] * 4
     assert [s.seed for s in specs[:4]] == [0, 1, 0, 1]
     assert {s.epochs for s in specs if s.loss.name == "triplet"} == {7}
     assert {s.epochs for s in specs if s.loss.name == "margin"} == {1}
     assert specs[0].loss.params == {"beta": 0.6} and specs[4].loss.miner == "semihard"
-    assert plan.trials[0].varying["loss.similarity"] == "global"
-    assert len({t.label for t in plan.trials}) == 8
+    assert study.trials[0].varying["loss.similarity"] == "global"
+    assert len({t.label for t in study.trials}) == 8
 
 
 def test_set_overrides_are_applied_and_checked():
-    plan = build_plan(BASE, sets=["optimizer.lr=1e-4", "grid.seed=[3, 4]", "model.embed_dim=64"])
-    assert [t.spec.seed for t in plan.trials] == [3, 4]
-    assert plan.trials[0].spec.optimizer.lr == pytest.approx(1e-4)
-    assert plan.trials[0].spec.model.embed_dim == 64
+    study = build_study(BASE, sets=["optimizer.lr=1e-4", "grid.seed=[3, 4]", "model.embed_dim=64"])
+    assert [t.spec.seed for t in study.trials] == [3, 4]
+    assert study.trials[0].spec.optimizer.lr == pytest.approx(1e-4)
+    assert study.trials[0].spec.model.embed_dim == 64
     with pytest.raises(SpecError, match="--set optimizer.lrr: 'lrr' is not a spec field"):
-        build_plan(BASE, sets=["optimizer.lrr=1"])
+        build_study(BASE, sets=["optimizer.lrr=1"])
     with pytest.raises(SpecError, match="expected path=value"):
-        build_plan(BASE, sets=["optimizer.lr"])
+        build_study(BASE, sets=["optimizer.lr"])
 
 
 def test_spec_round_trips_through_json():
-    spec = build_plan(BASE).trials[0].spec
+    spec = build_study(BASE).trials[0].spec
     assert RunSpec.model_validate(spec.model_dump(mode="json")) == spec
 
 
@@ -176,9 +188,9 @@ def test_every_spec_in_the_tree_validates(path, monkeypatch, tmp_path):
     for name in ("CUB_200_2011", "cars196", "Stanford_Online_Products"):
         (tmp_path / name).mkdir()
     monkeypatch.setenv("DIML_DATA", str(tmp_path))
-    plan = build_plan(load_spec_file(path), source=str(path))
-    assert plan.trials
-    for trial in plan.trials:
+    study = build_study(load_spec_file(path), source=str(path))
+    assert study.trials
+    for trial in study.trials:
         if trial.spec.data.dataset != "synthetic":
             assert trial.spec.data.root.startswith(str(tmp_path))
 
@@ -211,6 +223,39 @@ def test_readme_spec_example_validates(tmp_path):
     readme = pathlib.Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     raw = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
     raw["data"]["root"] = str(tmp_path)
-    plan = build_plan(raw, source="README.md")
-    assert len(plan.trials) == 12
-    assert {t.spec.optimizer.lr for t in plan.trials if t.spec.loss.name == "multisimilarity"} == {2e-5}
+    study = build_study(raw, source="README.md")
+    assert len(study.trials) == 12
+    assert {t.spec.optimizer.lr for t in study.trials if t.spec.loss.name == "multisimilarity"} == {2e-5}
+
+
+def test_the_launch_level_is_read_from_the_launch_spec_and_not_from_the_trials():
+    raw = {**BASE, "tracking": {"experiment": "exp", "log_checkpoint": False},
+           "launch": {"storage_path": "/tmp/somewhere", "max_concurrent_trials": 3, "driver_cpus": 0.5},
+           "grid": {"seed": [0, 1]}}
+    study = build_study(raw, sets=["launch.trial_max_failures=2"])
+    assert study.name == "t" and study.samples == 1
+    assert study.launch.launch.storage_path == "/tmp/somewhere" and study.launch.launch.max_concurrent_trials == 3
+    assert study.launch.launch.trial_max_failures == 2 and study.launch.tracking.log_checkpoint is False
+    assert "tracking" not in RunSpec.model_fields and "launch" not in RunSpec.model_fields
+    assert [t.spec.seed for t in study.trials] == [0, 1]
+
+
+def test_set_of_a_moved_field_names_its_new_place():
+    with pytest.raises(SpecError) as info:
+        build_study(BASE, sets=["resources.storage_path=/x"])
+    assert info.value.problems == ["--set resources.storage_path is now launch.storage_path (a setting of the launch "
+                                   "as a whole): move it there"]
+
+
+def test_validation_builds_no_loss_and_solves_no_transport(monkeypatch):
+    import diml.losses
+    import diml.ot
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validation must not build or solve")
+
+    monkeypatch.setattr(diml.losses, "build_loss", refuse)
+    monkeypatch.setattr(diml.ot, "match", refuse)
+    monkeypatch.setattr(diml.ot, "sinkhorn", refuse)
+    study = build_study({**BASE, "loss": {"name": "margin", "similarity": "diml", "miner": "distance"}})
+    assert study.trials[0].spec.loss.similarity == "diml"

@@ -1,43 +1,19 @@
-"""Experiment specs: strict, frozen Pydantic models with every default in one place.
+"""The trial level of a spec: :class:`RunSpec`, everything one trial needs (a grid, override or search may vary
+any of it). What only the launch as a whole decides is :mod:`pipeline.specs.launch`.
 
-A spec file (YAML) holds the fields of a single run (:class:`RunSpec`) plus the optional :class:`PlanSpec`
-sections: ``grid`` (axes named by dotted paths), ``overrides`` (per-value changes, e.g. per-dataset epochs) and a
-Tune ``search`` space. :mod:`pipeline.grid` expands it into concrete :class:`RunSpec` objects, one per trial.
-
-Data crosses the Ray boundary as ``spec.model_dump(mode="json")`` and is re-validated on the other side.
+A RunSpec crosses the Ray boundary as ``spec.model_dump(mode="json")`` and is re-validated on the other side.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.specs.common import NAME_PATTERN, Strict, expand_env
 
 DATASETS = ("synthetic", "cub200", "cars196", "sop", "folder")
-
-
-_ENV_REFERENCE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def expand_env(text: str) -> str:
-    """``${VAR}`` and ``${VAR:-default}`` from the environment, then ``~`` (dataset roots in shared specs)."""
-
-    def substitute(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name) or default
-        if value is None:
-            raise ValueError(f"environment variable {name} is not set: export it or write ${{{name}:-/default}}")
-        return value
-
-    return os.path.expanduser(_ENV_REFERENCE.sub(substitute, text))
-
-
-class Strict(BaseModel):
-    """Base of every spec model: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class SyntheticSpec(Strict):
@@ -243,17 +219,8 @@ class ResourcesSpec(Strict):
     use_gpu: bool = False
     gpus_per_worker: float = Field(0.0, ge=0.0, le=16.0)
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
-    trial_cpus: float = Field(0.01, gt=0.0, le=8.0, description="CPU share of each trial's driver")
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    storage_path: str | None = Field(None, description="Ray results/checkpoints: absolute path or s3:// gs://")
     max_failures: int = Field(1, ge=0, description="worker-group restarts of a trial from its last checkpoint")
-    trial_max_failures: int = Field(0, ge=0, description="Tune-level retries of a whole trial")
     checkpoints_to_keep: int = Field(2, ge=1)
-
-    @field_validator("storage_path", mode="before")
-    @classmethod
-    def _expand_storage(cls, value: Any) -> Any:
-        return expand_env(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> "ResourcesSpec":
@@ -264,17 +231,10 @@ class ResourcesSpec(Strict):
         return self
 
 
-class TrackingSpec(Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or ./mlflow.db")
-    experiment: str | None = Field(None, description="MLflow experiment name; default: the spec name")
-    artifact_location: str | None = Field(None, description="artifact root for a new experiment; default ./mlartifacts")
-    log_checkpoint: bool = True
-
-
 class RunSpec(Strict):
     """Everything one trial needs. Defaults follow the paper's setup (resnet50, 128-d, 56 x 2, Adam 1e-5)."""
 
-    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(..., min_length=1, max_length=100, pattern=NAME_PATTERN)
     description: str = ""
     seed: int = Field(0, ge=0)
     epochs: int = Field(1, ge=1, le=10000)
@@ -286,7 +246,6 @@ class RunSpec(Strict):
     batch: BatchSpec = Field(default_factory=BatchSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunSpec":
@@ -298,7 +257,7 @@ class RunSpec(Strict):
                 f"{self.batch.images_per_class}: choose a multiple of "
                 f"{self.resources.workers_per_trial * self.batch.images_per_class}"
             )
-        _check_loss_builds(self)
+        _check_loss(self)
         if self.evaluation.selection_split == "val" and self.data.val_fraction == 0:
             raise ValueError("evaluation.selection_split is 'val' but data.val_fraction is 0: set data.val_fraction")
         return self
@@ -310,79 +269,13 @@ class RunSpec(Strict):
         return "val" if self.data.val_fraction > 0 else "test"
 
 
-def _check_loss_builds(spec: "RunSpec") -> None:
-    """Build the loss once on a toy problem, so bad hyperparameters, miners or OT options fail at validation."""
-    from diml.losses import build_loss
+def _check_loss(spec: "RunSpec") -> None:
+    """The loss, its hyperparameters and miner against the registries (nothing is built, nothing solved)."""
+    from diml.losses import check_loss
 
     loss = spec.loss
     try:
-        build_loss(loss.name, dict(loss.params), similarity=loss.similarity, num_classes=2,
-                   embed_dim=spec.model.embed_dim, miner=loss.miner, miner_params=dict(loss.miner_params),
-                   ot=loss.ot.model_dump())
+        check_loss(loss.name, dict(loss.params), similarity=loss.similarity, miner=loss.miner,
+                   miner_params=dict(loss.miner_params))
     except ValueError as exc:
         raise ValueError(f"loss ({loss.name}, similarity {loss.similarity}): {exc}") from None
-
-
-class SearchDim(Strict):
-    """One dimension of a Tune search space."""
-
-    type: Literal["uniform", "loguniform", "choice", "randint", "quniform"]
-    low: float | None = None
-    high: float | None = None
-    q: float | None = None
-    values: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> "SearchDim":
-        if self.type == "choice":
-            if not self.values:
-                raise ValueError("a 'choice' search dimension needs a non-empty 'values' list")
-        elif self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a {self.type!r} search dimension needs low < high")
-        elif self.type == "loguniform" and self.low <= 0:
-            raise ValueError("a 'loguniform' search dimension needs low > 0")
-        elif self.type == "quniform" and not self.q:
-            raise ValueError("a 'quniform' search dimension needs q > 0")
-        return self
-
-
-class SchedulerSpec(Strict):
-    """Trial scheduler; it maximises ``evaluation.selection_metric`` on the selection split."""
-
-    name: Literal["fifo", "asha"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-
-
-class SearchSpec(Strict):
-    """Tune search combined with the grid: every grid point is sampled ``num_samples`` times."""
-
-    space: dict[str, SearchDim]
-    num_samples: int = Field(1, ge=1, le=10000)
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-
-
-class Override(Strict):
-    """Per-value overrides: when every ``when`` path has the given value, apply ``set`` (dotted paths)."""
-
-    when: dict[str, Any] = Field(..., min_length=1)
-    set: dict[str, Any] = Field(..., min_length=1)
-
-
-class PlanSpec(Strict):
-    """The sections of a spec file that turn one run into many trials: ``grid``, ``overrides``, ``search``."""
-
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values (cartesian)")
-    overrides: list[Override] = Field(default_factory=list)
-    search: SearchSpec | None = None
-
-    @field_validator("grid")
-    @classmethod
-    def _non_empty_axes(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for path, values in value.items():
-            if not values:
-                raise ValueError(f"grid axis {path!r} has no values: give at least one")
-        return value
-
-
-PLAN_KEYS = tuple(PlanSpec.model_fields)

@@ -8,8 +8,8 @@ import time
 import pytest
 import yaml
 
-from pipeline import tune_state
-from pipeline.launch import main as launch_main
+from pipeline.launch import tune_state
+from pipeline.launch.cli import main as launch_main
 
 
 def _experiment(tmp_path):
@@ -192,8 +192,8 @@ def test_resume_with_a_damaged_state_and_no_copy_stops_before_ray(tmp_path, monk
 
     from e2e_support import TINY_SPEC
 
-    from pipeline.grid import build_plan, load_spec_file
-    from pipeline.launch import launch_id, storage_path
+    from pipeline.launch.study import build_study, load_spec_file
+    from pipeline.launch.cli import launch_id, storage_path
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start")
@@ -201,14 +201,14 @@ def test_resume_with_a_damaged_state_and_no_copy_stops_before_ray(tmp_path, monk
     monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({**TINY_SPEC, "resources": {**TINY_SPEC["resources"],
-                                                               "storage_path": str(tmp_path / "ray")}}))
-    plan = build_plan(load_spec_file(spec), source=spec, sets=[])
-    storage = storage_path(plan)
+    spec.write_text(yaml.safe_dump({**TINY_SPEC, "launch": {**TINY_SPEC["launch"],
+                                                            "storage_path": str(tmp_path / "ray")}}))
+    study = build_study(load_spec_file(spec), source=spec, sets=[])
+    storage = storage_path(study)
     folder = tmp_path / "ray" / "tiny-exp"
     folder.mkdir(parents=True)
     (folder / "experiment_state-2026-11-27_00-00-00.json").write_bytes(b"")
-    (tmp_path / "ray" / f"{launch_id(plan)}.latest.json").write_text(json.dumps(
+    (tmp_path / "ray" / f"{launch_id(study)}.latest.json").write_text(json.dumps(
         {"tune_name": "tiny-exp", "parent_run_id": "0" * 32, "experiment_id": "0"}))
     assert storage == str(tmp_path / "ray")
     assert launch_main([str(spec), "--resume"]) == 2
@@ -216,57 +216,10 @@ def test_resume_with_a_damaged_state_and_no_copy_stops_before_ray(tmp_path, monk
     assert "experiment_state-2026-11-27_00-00-00.json is damaged" in err and "without --resume" in err
 
 
-def _train_run(tmp_path, epochs=3):
-    import torch
-
-    run = tmp_path / "ray" / "train-abc_00001"
-    for epoch in range(epochs):
-        folder = run / f"checkpoint_2026-11-27_00-00-0{epoch}.000000"
-        folder.mkdir(parents=True)
-        torch.save({"epoch": epoch, "weights": torch.arange(1000.0) * epoch}, folder / "state.pt")
-    (run / tune_state.TRAIN_SNAPSHOT).write_text(json.dumps({"ray_version": "2.60.0", "checkpoint_results": []}))
-    return run
-
-
-def test_a_whole_train_snapshot_or_a_fresh_run_is_left_to_ray_train(tmp_path):
-    run = _train_run(tmp_path)
-    assert tune_state.recover_train_run(str(run), "state.pt") == (None, None)
-    assert (run / tune_state.TRAIN_SNAPSHOT).exists()
-    assert tune_state.recover_train_run(str(tmp_path / "ray" / "train-new_00000"), "state.pt") == (None, None)
-    assert tune_state.recover_train_run("s3://bucket/train-abc_00001", "state.pt") == (None, None)
-
-
-def test_a_damaged_train_snapshot_is_set_aside_and_the_newest_whole_checkpoint_resumed(tmp_path):
-    import torch
-
-    run = _train_run(tmp_path)
-    snapshot = run / tune_state.TRAIN_SNAPSHOT
-    cut = snapshot.read_bytes()[:20]
-    snapshot.write_bytes(cut)
-    newest = run / "checkpoint_2026-11-27_00-00-02.000000" / "state.pt"
-    newest.write_bytes(newest.read_bytes()[:-200])  # the newest checkpoint was being copied too: not whole
-    resume, message = tune_state.recover_train_run(str(run), "state.pt")
-    assert resume == str(run / "checkpoint_2026-11-27_00-00-01.000000")
-    assert torch.load(pathlib.Path(resume) / "state.pt")["epoch"] == 1
-    assert "was damaged" in message and "continues from checkpoint_2026-11-27_00-00-01.000000" in message
-    assert not snapshot.exists() and (run / f".set-aside-{tune_state.TRAIN_SNAPSHOT}").read_bytes() == cut
-    # a retry stopped before Train wrote a new snapshot still resumes, rather than starting over
-    resume_again, message = tune_state.recover_train_run(str(run), "state.pt")
-    assert resume_again == resume and "is missing" in message
-
-
-def test_a_damaged_train_snapshot_without_a_whole_checkpoint_starts_over(tmp_path):
-    run = _train_run(tmp_path, epochs=1)
-    (run / tune_state.TRAIN_SNAPSHOT).write_bytes(b"")
-    (run / "checkpoint_2026-11-27_00-00-00.000000" / "state.pt").write_bytes(b"PK\x03\x04")
-    resume, message = tune_state.recover_train_run(str(run), "state.pt")
-    assert resume is None and "starts over" in message
-
-
 def test_a_trial_of_an_experiment_tune_started_over_stops_the_launch():
     from types import SimpleNamespace
 
-    from pipeline.run import _trial_dirname
+    from pipeline.launch.tune_run import _trial_dirname
 
     assert _trial_dirname(SimpleNamespace(trial_id="abc_00000", config={"trial": "margin_diml"})) == \
         "abc_00000-margin_diml"

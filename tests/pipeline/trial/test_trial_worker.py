@@ -5,7 +5,7 @@ import torch
 from diml.engine import TrainModule
 from diml.losses import build_loss
 from diml.models import build_model
-from pipeline.worker import Progress, _snapshot, load_checkpoint, save_checkpoint, selection_score
+from pipeline.trial.worker import Progress, _snapshot, load_checkpoint, save_checkpoint, selection_score
 
 
 def _module():
@@ -65,7 +65,7 @@ def test_worker_chatter_is_kept_out_of_the_launcher_console():
 
     import ray.train.v2._internal.execution.context as train_context
 
-    from pipeline.worker import quiet_worker_logs
+    from pipeline.trial.worker import quiet_worker_logs
 
     loggers = [train_context.logger, logging.getLogger("faiss.loader")]
     levels = [lg.level for lg in loggers]

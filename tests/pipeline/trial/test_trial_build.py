@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import build
-from pipeline.grid import build_plan
+from pipeline.trial import build
+from pipeline.launch.study import build_study
 
 BASE = {"name": "b", "model": {"backbone": "resnet18", "embed_dim": 8, "grid": 2}, "batch": {"size": 4,
         "images_per_class": 2}, "resources": {"workers_per_trial": 1}}
@@ -56,7 +56,7 @@ def _folder(root):
 @pytest.mark.parametrize("dataset,write", [("cub200", _cub), ("cars196", _cars), ("sop", _sop), ("folder", _folder)])
 def test_every_dataset_through_a_spec(tmp_path, dataset, write):
     expected = write(tmp_path)
-    spec = build_plan({**BASE, "data": {"dataset": dataset, "root": str(tmp_path), "image_size": 32}}).trials[0].spec
+    spec = build_study({**BASE, "data": {"dataset": dataset, "root": str(tmp_path), "image_size": 32}}).trials[0].spec
     splits = build.build_splits(spec)
     assert (splits.train.num_classes, splits.test.num_classes) == (expected["train"], expected["test"])
     image, label = splits.test[0]
@@ -64,7 +64,7 @@ def test_every_dataset_through_a_spec(tmp_path, dataset, write):
 
 
 def test_synthetic_spec_options_reach_the_dataset():
-    spec = build_plan({**BASE, "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
+    spec = build_study({**BASE, "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
                                         "synthetic": {"num_classes": 16, "images_per_class": 3}}}).trials[0].spec
     splits = build.build_splits(spec)
     assert splits.train.num_classes + splits.val.num_classes == 8 and splits.val.num_classes == 2
@@ -77,7 +77,7 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
            "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "loss_lr": 5e-3},
            "schedule": {"name": "multistep", "milestones": [2, 4], "gamma": 0.5},
            "batch": {"size": 8, "images_per_class": 2}, "resources": {"workers_per_trial": 2}}
-    spec = build_plan(raw).trials[0].spec
+    spec = build_study(raw).trials[0].spec
     model = build.build_model(spec)
     emb = model(torch.randn(2, 3, 32, 32))
     assert emb.global_emb.shape == (2, 8) and emb.local_emb.shape == (2, 8, 4)
@@ -105,13 +105,13 @@ def test_training_ot_defaults_are_what_the_training_benchmark_measures():
 
     from pipeline.specs import TRAINING_OT, LossSpec
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
+    path = pathlib.Path(__file__).resolve().parents[3] / "benchmarks" / "bench_train.py"
     spec = importlib.util.spec_from_file_location("bench_train_for_test", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.TRAINING_OT == TRAINING_OT
     ot = LossSpec().ot
     assert (ot.tol, ot.check_every, ot.newton_steps) == (1e-4, 5, 30)
-    spec_eval = build_plan(BASE).trials[0].spec
+    spec_eval = build_study(BASE).trials[0].spec
     assert build.evaluation_options(spec_eval)["ot_options"] == {"max_iter": 200, "tol": 1e-6, "check_every": 5,
                                                                   "newton_steps": 30}

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import build, tracking
-from pipeline.trial_logger import TrialLogger
-from pipeline.specs import RunSpec
+from pipeline import tracking
+from pipeline.specs import RunSpec, TrialLaunch
+from pipeline.trial import build
+from pipeline.trial.logger import TrialLogger
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
@@ -59,6 +60,7 @@ class Context:
     device: torch.device
     run_id: str | None
     tracking_uri: str | None
+    log_checkpoint: bool = True
 
 
 def seed_everything(seed: int) -> None:
@@ -160,10 +162,11 @@ def _setup(config: dict[str, Any]):
     import ray.train.torch
 
     spec = RunSpec.model_validate(config["spec"])
+    launch = TrialLaunch.model_validate(config["launch"])
     train_ctx = ray.train.get_context()
     ctx = Context(spec=spec, rank=train_ctx.get_world_rank(), world_size=train_ctx.get_world_size(),
                   device=ray.train.torch.get_device(), run_id=config.get("run_id"),
-                  tracking_uri=config.get("tracking_uri"))
+                  tracking_uri=launch.tracking_uri, log_checkpoint=launch.log_checkpoint)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     seed_everything(spec.seed)
     from diml.engine import TrainModule

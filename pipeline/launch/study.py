@@ -1,4 +1,5 @@
-"""Load a spec file, apply command-line ``--set`` overrides, expand the grid and validate every trial.
+"""Load a spec file, apply command-line ``--set`` overrides, split it into its levels and expand the grid into a
+:class:`Study`: one :class:`~pipeline.specs.LaunchSpec` and one validated :class:`~pipeline.specs.RunSpec` per trial.
 
 All problems found are reported together as one :class:`SpecError` before anything expensive starts.
 """
@@ -15,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.specs import PLAN_KEYS, PlanSpec, RunSpec
+from pipeline.specs.paths import deep_merge, get_path, set_path
+from pipeline.specs import GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec
 
 
 class SpecError(ValueError):
@@ -44,17 +46,23 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A validated spec file: its trials and the optional Tune search."""
+class Study:
+    """A validated spec file: the launch's own settings, its grid and the trials it expands to."""
 
     source: str
+    launch: LaunchSpec
+    grid: GridSpec
     trials: list[Trial]
-    plan: PlanSpec
     raw: dict[str, Any]
 
     @property
     def name(self) -> str:
-        return self.trials[0].spec.name
+        return self.launch.name
+
+    @property
+    def samples(self) -> int:
+        """Tune samples per grid point (the search's ``num_samples``, 1 without a search)."""
+        return self.launch.search.num_samples if self.launch.search else 1
 
 
 def _short(value: Any) -> str:
@@ -85,6 +93,8 @@ def _is_free_dict(annotation: Any) -> bool:
 
 def check_path(path: str, model: type[BaseModel] = RunSpec) -> str | None:
     """Return a problem message when ``path`` (dotted) does not name a field of ``model``, else None."""
+    if model is RunSpec and path in MOVED:
+        return f"{path} is now {MOVED[path]} (a setting of the launch as a whole): move it there"
     parts = path.split(".")
     current: type[BaseModel] | None = model
     for depth, part in enumerate(parts):
@@ -102,41 +112,6 @@ def check_path(path: str, model: type[BaseModel] = RunSpec) -> str | None:
             return None
         current = nested
     return None
-
-
-def get_path(tree: dict[str, Any], path: str) -> Any:
-    node: Any = tree
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``path`` in ``tree``; a dict value deep-merges into an existing section."""
-    parts = path.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    last = parts[-1]
-    if isinstance(value, dict) and isinstance(node.get(last), dict):
-        node[last] = deep_merge(node[last], value)
-    else:
-        node[last] = copy.deepcopy(value)
-
-
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -187,8 +162,9 @@ def load_spec_file(path: str | pathlib.Path) -> dict[str, Any]:
     return raw
 
 
-def build_plan(raw: dict[str, Any], source: str = "spec", sets: list[str] | None = None) -> Plan:
-    """Validate a raw spec (after ``--set`` overrides), expand its grid and validate every trial.
+def build_study(raw: dict[str, Any], source: str = "spec", sets: list[str] | None = None) -> Study:
+    """Validate a raw spec (after ``--set`` overrides), split it into launch, grid and trial fields, expand the grid
+    and validate every trial.
 
     Raises :class:`SpecError` listing every problem found (each distinct one once).
     """
@@ -200,39 +176,61 @@ def build_plan(raw: dict[str, Any], source: str = "spec", sets: list[str] | None
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
-        owner = PlanSpec if key.split(".")[0] in PLAN_KEYS else RunSpec
-        problem = None if owner is PlanSpec else check_path(key, RunSpec)
+        problem = check_path(key, _owner(key))
         if problem:
             problems.append(f"--set {problem}")
         else:
             set_path(raw, key, value)
-    plan_raw = {key: raw.pop(key) for key in PLAN_KEYS if key in raw}
+    grid_raw = {key: raw.pop(key) for key in GRID_KEYS if key in raw}
+    launch_raw = {key: raw.pop(key) for key in LAUNCH_KEYS if key in raw}
+    # the name is shared: a missing or bad one is reported once, by the trials' validation below
+    launch_raw["name"] = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else "unnamed"
+    launch = grid = None
     try:
-        plan = PlanSpec.model_validate(plan_raw)
+        grid = GridSpec.model_validate(grid_raw)
     except ValidationError as exc:
-        raise SpecError(source, problems + format_validation_error(exc, PlanSpec)) from None
-    paths = list(plan.grid) + [p for o in plan.overrides for p in (*o.when, *o.set)]
-    if plan.search:
-        paths += list(plan.search.space)
-    problems += [p for p in (check_path(path) for path in paths) if p]
+        problems += format_validation_error(exc, GridSpec)
+    try:
+        launch = LaunchSpec.model_validate(launch_raw)
+    except ValidationError as exc:
+        problems += [p for p in format_validation_error(exc, LaunchSpec) if not p.startswith("name:")]
+    if grid is None:
+        raise SpecError(source, _unique(problems))
+    paths = [("grid", p) for p in grid.grid] + [("overrides", p) for o in grid.overrides for p in (*o.when, *o.set)]
+    paths += [("search.space", p) for p in (launch.search.space if launch and launch.search else {})]
+    problems += [problem for section, path in paths if (problem := _varied_problem(section, path))]
     if problems:
         raise SpecError(source, _unique(problems))
-    trials = _expand(raw, plan, source)
-    return Plan(source=source, trials=trials, plan=plan, raw={**raw, **plan_raw})
+    trials = _expand(raw, grid, source)
+    return Study(source=source, launch=launch, grid=grid, trials=trials, raw={**raw, **launch_raw, **grid_raw})
+
+
+def _owner(path: str) -> type[BaseModel]:
+    head = path.split(".")[0]
+    return GridSpec if head in GRID_KEYS else LaunchSpec if head in LAUNCH_KEYS else RunSpec
+
+
+def _varied_problem(section: str, path: str) -> str | None:
+    """A grid axis, override or search dimension must name a trial field: launch fields have one value."""
+    if path.split(".")[0] in LAUNCH_KEYS or path in MOVED:
+        where = MOVED.get(path, path)
+        return (f"{section}: {path} belongs to the launch as a whole ({where}) and cannot vary between trials: "
+                f"set it once at the top level (launch fields: {', '.join(LAUNCH_KEYS)})")
+    return check_path(path)
 
 
 def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _expand(base: dict[str, Any], plan: PlanSpec, source: str) -> list[Trial]:
-    axes = list(plan.grid.items())
+def _expand(base: dict[str, Any], grid: GridSpec, source: str) -> list[Trial]:
+    axes = list(grid.grid.items())
     points = []
     for values in _grid_values(axes):
         point = copy.deepcopy(base)
         for (path, _), value in zip(axes, values):
             set_path(point, path, value)
-        for override in plan.overrides:
+        for override in grid.overrides:
             if all(get_path(point, p) == v for p, v in override.when.items()):
                 for p, v in override.set.items():
                     set_path(point, p, v)

@@ -1,5 +1,5 @@
-"""Kill-safe Tune and Train state on local storage: snapshots of Tune's state files and their repair before
-``--resume``; a trial's damaged Ray Train snapshot set aside and its newest whole checkpoint resumed from.
+"""Kill-safe Tune state on local storage: snapshots of Tune's state files and their repair before ``--resume``
+(a trial's own Ray Train state is :mod:`pipeline.trial.train_state`).
 
 Tune (Ray 2.60) writes its experiment state non-atomically: the driver dumps it into a staging folder and a
 background thread copies that folder over ``<storage>/<experiment>/`` in place. A launcher killed during that copy
@@ -31,6 +31,8 @@ import shutil
 import threading
 import time
 
+from pipeline.storage import is_local, local_path
+
 BACKUP_DIR = ".diml-state"
 STATE_SUFFIXES = (".json", ".pkl")
 
@@ -38,14 +40,6 @@ STATE_SUFFIXES = (".json", ".pkl")
 class DamagedState(RuntimeError):
     """Tune's state cannot be restored as it was (a damaged file without a snapshot, or a restore that Tune gave up
     on): the launch stops rather than train finished trials again."""
-
-
-def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> pathlib.Path:
-    return pathlib.Path(path.removeprefix("file://"))
 
 
 def is_complete(data: bytes) -> bool:
@@ -108,7 +102,7 @@ def snapshot(experiment: str | pathlib.Path, seen: dict[str, tuple[int, int]] | 
     because Tune reads it as one: an experiment state older than its search state loses the trials the search
     had already generated. The set is written in a hidden folder and renamed into place, so a kill never leaves
     a partial snapshot; the ``keep`` newest are kept."""
-    folder = _local(str(experiment))
+    folder = local_path(str(experiment))
     seen = {} if seen is None else seen
     try:
         paths = _state_files(folder)
@@ -146,7 +140,7 @@ def repair(experiment: str | pathlib.Path) -> list[str]:
     Remote storage is left to Tune (no snapshots are taken there)."""
     if not is_local(str(experiment)):
         return []
-    folder = _local(str(experiment))
+    folder = local_path(str(experiment))
     live = {p.name: p.read_bytes() for p in _state_files(folder)}
     damaged = sorted(name for name, data in live.items() if not is_complete(data))
     generations = _generations(folder)
@@ -180,51 +174,6 @@ def repair(experiment: str | pathlib.Path) -> list[str]:
         if live.get(name) != saved[name]:
             _write_atomic(folder / name, saved[name])
     return lines
-
-
-TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # ray.train.v2._internal.constants, Ray 2.60
-
-
-def _complete_checkpoint(folder: pathlib.Path, state_file: str) -> bool:
-    """Whether ``folder`` holds a whole ``state_file`` (torch.save's zip: every member's CRC is checked)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(folder / state_file) as archive:
-            return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, EOFError):
-        return False
-
-
-def recover_train_run(run_dir: str, state_file: str) -> tuple[str | None, str | None]:
-    """Ray Train's own resume state of one trial, made usable after a kill: Train V2 rewrites
-    ``checkpoint_manager_snapshot.json`` in place when it registers a checkpoint, and a damaged one fails the
-    trial on every retry. Returns ``(checkpoint folder to resume from, message)``, both None when Train resumes
-    by itself (its snapshot is whole, or there is neither a snapshot nor a checkpoint) or the storage is not
-    local. A damaged snapshot is set aside (renamed, never deleted), so Train starts the run afresh in the same
-    folder, and the newest checkpoint whose ``state_file`` is whole is returned for the trial to resume from; so
-    it is when the snapshot is missing beside checkpoints (set aside by an earlier attempt that was stopped before
-    Train wrote a new one)."""
-    if not is_local(run_dir):
-        return None, None
-    folder = _local(run_dir)
-    snapshot_path = folder / TRAIN_SNAPSHOT
-    try:
-        json.loads(snapshot_path.read_bytes())
-        return None, None
-    except FileNotFoundError:
-        damaged = False
-    except ValueError:
-        damaged = True
-        os.replace(snapshot_path, folder / f".set-aside-{TRAIN_SNAPSHOT}")
-    checkpoints = sorted((p for p in folder.glob("checkpoint_*") if p.is_dir()), reverse=True)
-    if not checkpoints and not damaged:
-        return None, None
-    resume = next((p for p in checkpoints if _complete_checkpoint(p, state_file)), None)
-    what = ("was damaged (a kill while Train wrote it); set aside as .set-aside-" + TRAIN_SNAPSHOT if damaged
-            else "is missing")
-    where = f"continues from {resume.name}" if resume else "has no whole checkpoint and starts over"
-    return str(resume) if resume else None, f"Ray Train's {TRAIN_SNAPSHOT} of {folder.name} {what}; the trial {where}"
 
 
 class StateGuard:

@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from pipeline.grid import Plan, SpecError
+from pipeline.launch.study import SpecError, Study
 from pipeline.specs import RunSpec
 
 
@@ -19,16 +19,16 @@ class Resources:
 
 @dataclass(frozen=True)
 class Demand:
-    """A trial's needs: its driver's CPU share plus ``workers x (CPU, GPU)``."""
+    """A trial's needs: its driver's CPU share (``launch.driver_cpus``) plus ``workers x (CPU, GPU)``."""
 
     cpus: float
     gpus: float
     workers: int
 
     @classmethod
-    def of(cls, spec: RunSpec) -> "Demand":
+    def of(cls, spec: RunSpec, driver_cpus: float) -> "Demand":
         r = spec.resources
-        return cls(cpus=r.trial_cpus + r.workers_per_trial * r.cpus_per_worker,
+        return cls(cpus=driver_cpus + r.workers_per_trial * r.cpus_per_worker,
                    gpus=r.workers_per_trial * r.gpus_per_worker if r.use_gpu else 0.0,
                    workers=r.workers_per_trial)
 
@@ -72,41 +72,37 @@ def local_resources(address: str | None = None) -> Resources:
     return Resources(cpus=float(os.cpu_count() or 1), gpus=float(gpus), where="this machine")
 
 
-def schedulable_cpus(plan: Plan, resources: Resources) -> float:
+def schedulable_cpus(study: Study, resources: Resources) -> float:
     """Local mode declares at least enough logical CPUs for the largest trial, times
-    ``resources.max_concurrent_trials`` when set (CPUs are scheduling tokens: on a laptop, overlapping trials hides
+    ``launch.max_concurrent_trials`` when set (CPUs are scheduling tokens: on a laptop, overlapping trials hides
     each trial's start-up of its worker processes, which is mostly waiting)."""
-    worst = max(Demand.of(t.spec).cpus for t in plan.trials)
-    return max(resources.cpus, worst * (plan.trials[0].spec.resources.max_concurrent_trials or 1))
+    worst = max(Demand.of(t.spec, study.launch.launch.driver_cpus).cpus for t in study.trials)
+    return max(resources.cpus, worst * (study.launch.launch.max_concurrent_trials or 1))
 
 
-def concurrency(plan: Plan, resources: Resources, *, autoscaling: bool = False) -> int:
+def concurrency(study: Study, resources: Resources, *, autoscaling: bool = False) -> int:
     """How many trials run at once: the resources' fit for the largest trial, capped by the spec.
 
-    With ``autoscaling`` (a cluster joined by address, which may grow) ``resources.max_concurrent_trials`` is
+    With ``autoscaling`` (a cluster joined by address, which may grow) ``launch.max_concurrent_trials`` is
     trusted as it is when set: the cluster's present size would throttle the grid to what is up at launch."""
-    limit = plan.trials[0].spec.resources.max_concurrent_trials
+    limit = study.launch.launch.max_concurrent_trials
     if autoscaling and limit:
         return limit
-    worst = max((Demand.of(t.spec) for t in plan.trials), key=lambda d: (d.gpus, d.cpus))
+    worst = max((Demand.of(t.spec, study.launch.launch.driver_cpus) for t in study.trials), key=lambda d: (d.gpus, d.cpus))
     fits = [math.floor(resources.cpus / worst.cpus + 1e-9)]
     if worst.gpus > 0:
         fits.append(math.floor(resources.gpus / worst.gpus + 1e-9))
-    n = min(fits + ([limit] if limit else []) + [len(plan.trials) * _samples(plan)])
+    n = min(fits + ([limit] if limit else []) + [len(study.trials) * study.samples])
     return max(n, 0)
 
 
-def _samples(plan: Plan) -> int:
-    return plan.plan.search.num_samples if plan.plan.search else 1
-
-
-def resource_problems(plan: Plan, resources: Resources, *, local: bool) -> list[str]:
+def resource_problems(study: Study, resources: Resources, *, local: bool) -> list[str]:
     """Trials that can never be scheduled locally (they would wait forever). On a cluster the autoscaler may add
     nodes, so nothing is refused there. Local CPUs are scheduling tokens (:func:`schedulable_cpus`), so only GPUs
     can be missing."""
     problems = []
-    for trial in plan.trials:
-        need = Demand.of(trial.spec)
+    for trial in study.trials:
+        need = Demand.of(trial.spec, study.launch.launch.driver_cpus)
         if local and need.gpus > resources.gpus:
             problems.append(f"trial {trial.index} ({trial.label}): resources need {need.gpus:g} GPU(s) but "
                             f"{resources.where} has {resources.gpus:g}: set resources.use_gpu: false or run on a "
@@ -114,26 +110,26 @@ def resource_problems(plan: Plan, resources: Resources, *, local: bool) -> list[
     return problems
 
 
-def describe(plan: Plan, resources: Resources) -> str:
+def describe(study: Study, resources: Resources) -> str:
     """The dry-run report: one row per trial with its varying fields and needs, then the schedule."""
-    varying = list(plan.trials[0].varying)
+    varying = list(study.trials[0].varying)
     epochs = [] if "epochs" in varying else ["epochs"]
     rows = [("#", "trial", *varying, "workers", "CPU", "GPU", *epochs)]
-    for t in plan.trials:
-        need = Demand.of(t.spec)
+    for t in study.trials:
+        need = Demand.of(t.spec, study.launch.launch.driver_cpus)
         rows.append((str(t.index), t.label, *("-" if v is None else str(v) for v in t.varying.values()),
                      str(need.workers), f"{need.cpus:g}", f"{need.gpus:g}", *([str(t.spec.epochs)] if epochs else [])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    samples = _samples(plan)
-    n_trials = len(plan.trials) * samples
-    cpus = schedulable_cpus(plan, resources) if resources.where == "this machine" else resources.cpus
-    at_once = concurrency(plan, Resources(cpus, resources.gpus, resources.where))
-    total = Demand(sum(Demand.of(t.spec).cpus for t in plan.trials), sum(Demand.of(t.spec).gpus for t in plan.trials),
+    samples = study.samples
+    n_trials = len(study.trials) * samples
+    cpus = schedulable_cpus(study, resources) if resources.where == "this machine" else resources.cpus
+    at_once = concurrency(study, Resources(cpus, resources.gpus, resources.where))
+    total = Demand(sum(Demand.of(t.spec, study.launch.launch.driver_cpus).cpus for t in study.trials), sum(Demand.of(t.spec, study.launch.launch.driver_cpus).gpus for t in study.trials),
                    0)
-    lines += ["", f"spec: {plan.source}  name: {plan.name}",
-              f"trials: {n_trials}" + (f" ({len(plan.trials)} grid points x {samples} search samples)"
+    lines += ["", f"spec: {study.source}  name: {study.name}",
+              f"trials: {n_trials}" + (f" ({len(study.trials)} grid points x {samples} search samples)"
                                        if samples > 1 else ""),
               f"resources: {resources.where}: {cpus:g} CPU, {resources.gpus:g} GPU",
               f"all trials at once would need {total.cpus * samples:g} CPU, {total.gpus * samples:g} GPU",

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipeline.grid import SpecError, build_plan
-from pipeline.launch import main as launch_main
-from pipeline.plan import Demand, Resources, assumed_resources, concurrency, describe, resource_problems
+from pipeline.launch.study import SpecError, build_study
+from pipeline.launch.cli import main as launch_main
+from pipeline.launch.capacity import Demand, Resources, assumed_resources, concurrency, describe, resource_problems
 
 BASE = {"name": "p", "data": {"dataset": "synthetic", "image_size": 32}, "model": {"backbone": "resnet18"},
         "batch": {"size": 8, "images_per_class": 2},
@@ -13,21 +13,21 @@ BASE = {"name": "p", "data": {"dataset": "synthetic", "image_size": 32}, "model"
 
 
 def test_demand_counts_driver_share_and_workers():
-    spec = build_plan(BASE).trials[0].spec
-    assert Demand.of(spec) == Demand(cpus=0.01 + 2 * 4, gpus=2.0, workers=2)
+    spec = build_study(BASE).trials[0].spec
+    assert Demand.of(spec, 0.01) == Demand(cpus=0.01 + 2 * 4, gpus=2.0, workers=2)
 
 
 def test_concurrency_is_limited_by_the_scarcest_resource_and_the_spec():
-    plan = build_plan(BASE)
-    assert concurrency(plan, Resources(cpus=64, gpus=8, where="x")) == 4      # 8 GPUs / 2 per trial
-    assert concurrency(plan, Resources(cpus=20, gpus=8, where="x")) == 2      # 20 CPUs / 8.01 per trial
-    capped = build_plan(BASE, sets=["resources.max_concurrent_trials=1"])
+    study = build_study(BASE)
+    assert concurrency(study, Resources(cpus=64, gpus=8, where="x")) == 4      # 8 GPUs / 2 per trial
+    assert concurrency(study, Resources(cpus=20, gpus=8, where="x")) == 2      # 20 CPUs / 8.01 per trial
+    capped = build_study(BASE, sets=["launch.max_concurrent_trials=1"])
     assert concurrency(capped, Resources(cpus=64, gpus=8, where="x")) == 1
-    assert concurrency(plan, Resources(cpus=64, gpus=1, where="x")) == 0
+    assert concurrency(study, Resources(cpus=64, gpus=1, where="x")) == 0
 
 
 def test_describe_lists_every_trial_and_the_schedule():
-    text = describe(build_plan(BASE), assumed_resources("CPU=64,GPU=8"))
+    text = describe(build_study(BASE), assumed_resources("CPU=64,GPU=8"))
     lines = text.splitlines()
     assert lines[0].split() == ["#", "trial", "loss.name", "seed", "workers", "CPU", "GPU", "epochs"]
     rows = [line for line in lines[2:] if line[:1].isdigit()]
@@ -45,10 +45,10 @@ def test_assumed_resources_parsing():
 
 
 def test_gpu_trials_are_refused_on_a_local_machine_without_gpus():
-    plan = build_plan(BASE)
-    problems = resource_problems(plan, Resources(cpus=2, gpus=0, where="this machine"), local=True)
+    study = build_study(BASE)
+    problems = resource_problems(study, Resources(cpus=2, gpus=0, where="this machine"), local=True)
     assert len(problems) == 6 and "need 2 GPU(s) but this machine has 0" in problems[0]
-    assert resource_problems(plan, Resources(cpus=2, gpus=0, where="cluster"), local=False) == []
+    assert resource_problems(study, Resources(cpus=2, gpus=0, where="cluster"), local=False) == []
 
 
 def test_dry_run_cli_prints_plan_and_starts_nothing(tmp_path, capsys, monkeypatch):
@@ -69,35 +69,50 @@ def test_dry_run_cli_prints_plan_and_starts_nothing(tmp_path, capsys, monkeypatc
 
 
 def test_autoscaling_cluster_trusts_the_spec_limit():
-    plan = build_plan(BASE, sets=["resources.max_concurrent_trials=5"])
+    study = build_study(BASE, sets=["launch.max_concurrent_trials=5"])
     empty = Resources(cpus=8, gpus=0, where="cluster")
-    assert concurrency(plan, empty) == 0
-    assert concurrency(plan, empty, autoscaling=True) == 5
+    assert concurrency(study, empty) == 0
+    assert concurrency(study, empty, autoscaling=True) == 5
 
 
 def test_search_space_becomes_tune_domains_and_combines_with_the_grid():
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from pipeline.run import _param_space
+    from pipeline.launch.tune_run import _param_space
 
     raw = {**BASE, "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
                                         "loss.params.margin": {"type": "choice", "values": [0.1, 0.2]},
                                         "batch.batches_per_epoch": {"type": "randint", "low": 1, "high": 4}},
                               "num_samples": 3, "scheduler": {"name": "asha", "grace_period": 1}}}
-    plan = build_plan(raw)
-    space = _param_space(plan)
-    assert space["trial"] == {"grid_search": [t.label for t in plan.trials]}
+    study = build_study(raw)
+    space = _param_space(study)
+    assert space["trial"] == {"grid_search": [t.label for t in study.trials]}
     assert isinstance(space["optimizer__lr"], Float) and space["optimizer__lr"].lower == 1e-5
     assert isinstance(space["loss__params__margin"], Categorical)
     assert isinstance(space["batch__batches_per_epoch"], Integer)
-    assert "trials: 18 (6 grid points x 3 search samples)" in describe(plan, assumed_resources("CPU=64,GPU=8"))
+    assert "trials: 18 (6 grid points x 3 search samples)" in describe(study, assumed_resources("CPU=64,GPU=8"))
 
 
 def test_sampled_values_fill_the_trial_spec():
     from pipeline.specs import RunSpec
-    from pipeline.trial import _decode_search, apply_search
+    from pipeline.trial.driver import _decode_search, apply_search
 
-    spec = build_plan(BASE).trials[0].spec.model_dump(mode="json")
+    spec = build_study(BASE).trials[0].spec.model_dump(mode="json")
     filled = RunSpec.model_validate(apply_search(spec, _decode_search({"optimizer__lr": 3e-4,
                                                                        "loss__params__margin": 0.1})))
     assert filled.optimizer.lr == 3e-4 and filled.loss.params == {"margin": 0.1}
+
+
+def test_asha_max_t_comes_from_the_longest_trial_not_the_first(tmp_path):
+    from pipeline.launch.tune_run import _tuner
+    from pipeline.specs import TrialLaunch
+
+    raw = {**BASE, "epochs": 2, "grid": {"seed": [0, 1]},
+           "overrides": [{"when": {"seed": 1}, "set": {"epochs": 7}}],
+           "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
+                      "scheduler": {"name": "asha"}}}
+    study = build_study(raw)
+    assert [t.spec.epochs for t in study.trials] == [2, 7]
+    launch = TrialLaunch(tracking_uri=None, experiment_id=None, parent_run_id=None, storage_path=str(tmp_path))
+    tuner = _tuner(study, launch, "asha", str(tmp_path), Resources(cpus=64, gpus=8, where="x"), autoscaling=False)
+    assert tuner._local_tuner._tune_config.scheduler._max_t == 8  # a trial reports once per epoch, plus one

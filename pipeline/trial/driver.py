@@ -11,9 +11,10 @@ import copy
 import time
 from typing import Any
 
-from pipeline import tracking, tune_state
-from pipeline.grid import set_path
-from pipeline.specs import RunSpec
+from pipeline import tracking
+from pipeline.specs import RunSpec, TrialLaunch
+from pipeline.specs.paths import set_path
+from pipeline.trial.train_state import recover_train_run
 
 SELECTION_SCORE = "selection_score"
 
@@ -39,13 +40,13 @@ def train_run_name(trial_id: str) -> str:
     return f"train-{trial_id}"
 
 
-def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: dict,
+def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_id: str | None, launch: TrialLaunch,
                   started_at: float, resume_from: str | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.worker import train_loop
+    from pipeline.trial.worker import train_loop
 
     r = spec.resources
     per_worker = {"CPU": r.cpus_per_worker}
@@ -54,14 +55,14 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
     threads = str(max(1, int(r.cpus_per_worker)))
     return TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec_json, "run_id": run_id, "tracking_uri": launch["tracking_uri"],
+        train_loop_config={"spec": spec_json, "run_id": run_id, "launch": launch.model_dump(mode="json"),
                            "trial_started_at": started_at, "resume_from": resume_from},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=r.workers_per_trial, use_gpu=r.use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=train_run_name(trial_id),
-            storage_path=launch["storage_path"],
+            storage_path=launch.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures, controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep,
                                                          checkpoint_score_attribute=SELECTION_SCORE,
@@ -76,9 +77,10 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
 def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch: dict[str, Any]) -> None:
     """Tune function trainable (bound with ``tune.with_parameters``). ``config``: ``trial`` (the grid point's
     label) and the sampled search values (keys are dotted paths with ``__`` for ``.``); ``trials``: label ->
-    spec JSON and index; ``launch``: tracking URI, experiment, parent run and storage of this launch."""
+    spec JSON and index; ``launch``: the launch's :class:`~pipeline.specs.TrialLaunch` as JSON."""
     import ray.tune
 
+    launch = TrialLaunch.model_validate(launch)
     started_at = time.time()
     label = config["trial"]
     payload = trials[label]
@@ -86,11 +88,11 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
     spec_json = apply_search(payload["spec"], _decode_search(sampled))
     spec = RunSpec.model_validate(spec_json)
     trial_id = ray.tune.get_context().get_trial_id()
-    uri = launch["tracking_uri"]
+    uri = launch.tracking_uri
     run_id = None
     if uri:
         run = tracking.ensure_child_run(
-            uri, launch["experiment_id"], launch["parent_run_id"], trial_id,
+            uri, launch.experiment_id, launch.parent_run_id, trial_id,
             run_name=label + "".join(f"_{v}" for v in sampled.values()), spec_json=spec_json,
             tags={**tracking.trial_tags(spec), "trial_index": str(payload["index"])})
         run_id = run.info.run_id
@@ -98,10 +100,10 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
             ray.tune.report({k: v for k, v in run.data.metrics.items() if k.startswith("best/")}
                             | {SELECTION_SCORE: run.data.metrics.get("best/selection_score", 0.0)})
             return
-    from pipeline.worker import STATE_FILE
+    from pipeline.trial.worker import STATE_FILE
 
-    resume_from, recovered = tune_state.recover_train_run(
-        f"{launch['storage_path'].rstrip('/')}/{train_run_name(trial_id)}", STATE_FILE)
+    resume_from, recovered = recover_train_run(f"{launch.storage_path.rstrip('/')}/{train_run_name(trial_id)}",
+                                               STATE_FILE)
     if recovered:
         print(recovered)
         if run_id:

@@ -1,4 +1,4 @@
-"""Run a validated plan: start (or join) Ray, open the MLflow parent run, run the Tune grid, collect results.
+"""Run a validated study: start (or join) Ray, open the MLflow parent run, run the Tune grid, collect results.
 
 A launch writes ``<storage>/<launch id>.latest.json`` naming its Tune experiment folder and MLflow parent run, so
 that ``--resume`` after the launcher itself was killed restores that Tune experiment (finished trials are not
@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import plan as planning
-from pipeline import tracking, tune_state
-from pipeline.grid import Plan
+from pipeline import tracking
+from pipeline.launch import capacity, tune_state
+from pipeline.launch.study import Study
 from pipeline.results import ResultsTable, collect_results
-from pipeline.trial import SELECTION_SCORE, run_trial
+from pipeline.specs import TrialLaunch
+from pipeline.storage import as_uri
+from pipeline.trial.driver import SELECTION_SCORE, run_trial
 
 LOCAL_OBJECT_STORE = 1024**3  # checkpoints go to storage, not the object store
 QUIET_ENV = {
@@ -61,7 +63,7 @@ def _pointer_path(storage: str, launch: str) -> str:
 def _read_pointer(storage: str, launch: str) -> dict[str, Any] | None:
     import pyarrow.fs
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(_as_uri(_pointer_path(storage, launch)))
+    fs, path = pyarrow.fs.FileSystem.from_uri(as_uri(_pointer_path(storage, launch)))
     if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
         return None
     with fs.open_input_stream(path) as stream:
@@ -71,7 +73,7 @@ def _read_pointer(storage: str, launch: str) -> dict[str, Any] | None:
 def _write_pointer(storage: str, launch: str, content: dict[str, Any]) -> None:
     import pyarrow.fs
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(_as_uri(_pointer_path(storage, launch)))
+    fs, path = pyarrow.fs.FileSystem.from_uri(as_uri(_pointer_path(storage, launch)))
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     local = isinstance(fs, pyarrow.fs.LocalFileSystem)
     target = f"{path}.{os.getpid()}.tmp" if local else path  # an object store replaces an object whole
@@ -81,12 +83,8 @@ def _write_pointer(storage: str, launch: str, content: dict[str, Any]) -> None:
         fs.move(target, path)  # a rename: a launcher killed mid-write leaves the old pointer intact
 
 
-def _as_uri(path: str) -> str:
-    return path if "://" in path else f"file://{path}"
-
-
 # ------------------------------------------------------------------------------------------------------ Ray/Tune
-def _start_ray(plan: Plan, address: str | None, num_cpus: float | None) -> bool:
+def _start_ray(study: Study, address: str | None, num_cpus: float | None) -> bool:
     """Join ``address`` / ``$RAY_ADDRESS`` or start a private local runtime; True when we started it."""
     import ray
 
@@ -99,21 +97,21 @@ def _start_ray(plan: Plan, address: str | None, num_cpus: float | None) -> bool:
     if address:
         ray.init(address=address, runtime_env=env, logging_level="WARNING")
         return True
-    resources = planning.local_resources()
-    cpus = math.ceil(num_cpus or planning.schedulable_cpus(plan, resources))
+    resources = capacity.local_resources()
+    cpus = math.ceil(num_cpus or capacity.schedulable_cpus(study, resources))
     ray.init(address="local", num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
              runtime_env=env, logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
     return True
 
 
-def _param_space(plan: Plan) -> dict[str, Any]:
+def _param_space(study: Study) -> dict[str, Any]:
     """Tune's config per trial: its label (a grid search over labels) and the sampled search values; the specs
     themselves travel once through the object store (:func:`_trainable`)."""
     from ray import tune
 
-    space: dict[str, Any] = {"trial": tune.grid_search([t.label for t in plan.trials])}
-    if plan.plan.search:
-        for path, dim in plan.plan.search.space.items():
+    space: dict[str, Any] = {"trial": tune.grid_search([t.label for t in study.trials])}
+    if study.launch.search:
+        for path, dim in study.launch.search.space.items():
             key = path.replace(".", "__")
             if dim.type == "choice":
                 space[key] = tune.choice(dim.values)
@@ -128,13 +126,13 @@ def _param_space(plan: Plan) -> dict[str, Any]:
     return space
 
 
-def _trainable(plan: Plan, launch: dict[str, Any]):
+def _trainable(study: Study, launch: TrialLaunch):
     """``run_trial`` with every trial's spec and the launch's tracking/storage settings bound to it."""
     from ray import tune
 
-    payloads = {t.label: {"spec": t.spec.model_dump(mode="json"), "index": t.index} for t in plan.trials}
-    bound = tune.with_parameters(run_trial, trials=payloads, launch=launch)
-    return tune.with_resources(bound, {"cpu": plan.trials[0].spec.resources.trial_cpus})
+    payloads = {t.label: {"spec": t.spec.model_dump(mode="json"), "index": t.index} for t in study.trials}
+    bound = tune.with_parameters(run_trial, trials=payloads, launch=launch.model_dump(mode="json"))
+    return tune.with_resources(bound, {"cpu": study.launch.launch.driver_cpus})
 
 
 def _trial_dirname(trial) -> str:
@@ -145,38 +143,38 @@ def _trial_dirname(trial) -> str:
     return f"{trial.trial_id}-{trial.config['trial']}"[:120]
 
 
-def _tuner(plan: Plan, launch: dict[str, Any], name: str, storage: str, resources: planning.Resources,
+def _tuner(study: Study, launch: TrialLaunch, name: str, storage: str, resources: capacity.Resources,
            autoscaling: bool):
     from ray import tune
 
-    spec = plan.trials[0].spec
-    trainable = _trainable(plan, launch)
+    trainable = _trainable(study, launch)
     scheduler = None
-    search = plan.plan.search
-    if search and search.scheduler.name == "asha":
+    search = study.launch.search
+    if search and search.scheduler.name == "asha":  # a trial reports once per epoch: its longest run bounds max_t
+        max_t = max(t.spec.epochs for t in study.trials) + 1
         scheduler = tune.schedulers.ASHAScheduler(
-            metric=SELECTION_SCORE, mode="max", max_t=spec.epochs + 1, grace_period=search.scheduler.grace_period,
+            metric=SELECTION_SCORE, mode="max", max_t=max_t, grace_period=search.scheduler.grace_period,
             reduction_factor=search.scheduler.reduction_factor)
     return tune.Tuner(
         trainable,
-        param_space=_param_space(plan),
+        param_space=_param_space(study),
         tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
-                                    max_concurrent_trials=max(1, planning.concurrency(plan, resources,
+                                    max_concurrent_trials=max(1, capacity.concurrency(study, resources,
                                                                                        autoscaling=autoscaling)),
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=spec.resources.trial_max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=study.launch.launch.trial_max_failures)),
     )
 
 
-def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, address: str | None,
-             num_cpus: float | None) -> Outcome:
-    """Run every trial of ``plan`` on Ray Tune; returns the results table built from MLflow."""
+def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool, address: str | None,
+              num_cpus: float | None) -> Outcome:
+    """Run every trial of ``study`` on Ray Tune; returns the results table built from MLflow."""
     from ray import tune
 
-    spec = plan.trials[0].spec
-    experiment_id = tracking.ensure_experiment(uri, spec.tracking.experiment or spec.name,
-                                               spec.tracking.artifact_location)
+    settings = study.launch
+    experiment_id = tracking.ensure_experiment(uri, settings.tracking.experiment or study.name,
+                                               settings.tracking.artifact_location)
     pointer = _read_pointer(storage, launch) if resume else None
     if resume and pointer is None:
         print(f"--resume: no earlier launch of this spec under {storage}; starting a new one")
@@ -186,25 +184,26 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
         for line in tune_state.repair(path):  # DamagedState stops here, before Ray or MLflow is touched
             print(line)
     parent = pointer["parent_run_id"] if pointer else tracking.start_parent_run(
-        uri, experiment_id, launch, spec.name, plan.raw, resume=False)
+        uri, experiment_id, launch, study.name, study.raw, resume=False)
     if pointer:
         tracking.client(uri).update_run(parent, status="RUNNING")
     _write_pointer(storage, launch, {"tune_name": name, "parent_run_id": parent, "experiment_id": experiment_id})
-    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "storage_path": storage}
+    info = TrialLaunch(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent, storage_path=storage,
+                       log_checkpoint=settings.tracking.log_checkpoint)
     clock = time.perf_counter()
     timings = {}
-    started_ray = _start_ray(plan, address, num_cpus)
+    started_ray = _start_ray(study, address, num_cpus)
     timings["ray start"] = time.perf_counter() - clock
     try:
         import ray
 
         total = ray.cluster_resources()
-        resources = planning.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
+        resources = capacity.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
         if pointer and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable=_trainable(plan, info), resume_unfinished=True,
+            tuner = tune.Tuner.restore(path, trainable=_trainable(study, info), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False)
         else:
-            tuner = _tuner(plan, info, name, storage, resources,
+            tuner = _tuner(study, info, name, storage, resources,
                            autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
         try:
@@ -222,7 +221,7 @@ def run_plan(plan: Plan, *, uri: str, launch: str, storage: str, resume: bool, a
 
             ray.shutdown()
     clock = time.perf_counter()
-    table = collect_results(uri, experiment_id, parent, spec)
+    table = collect_results(uri, experiment_id, parent)
     report_text = _report(uri, parent, experiment_id)
     timings["results and report"] = time.perf_counter() - clock
     tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from pipeline import build, tracking
+from pipeline import tracking
+from pipeline.trial import build
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -74,7 +75,7 @@ class TrialLogger:
         model = _unwrap(module).model
         with tempfile.TemporaryDirectory() as folder:
             logged = []
-            if spec.tracking.log_checkpoint:
+            if self.ctx.log_checkpoint:
                 path = os.path.join(folder, "best_model.pt")
                 torch.save({"model": model.state_dict(), "loss": _unwrap(module).loss.state_dict(),
                             "model_config": build.model_config(spec), "spec": spec.model_dump(mode="json"),

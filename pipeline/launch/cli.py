@@ -15,9 +15,9 @@ import pathlib
 import sys
 import time
 
-from pipeline import plan as planning
 from pipeline import tracking
-from pipeline.grid import Plan, SpecError, build_plan, load_spec_file
+from pipeline.launch import capacity
+from pipeline.launch.study import SpecError, Study, build_study, load_spec_file
 
 EXIT_SPEC = 2
 EXIT_TRIALS_FAILED = 1
@@ -38,38 +38,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def launch_id(plan: Plan) -> str:
+def launch_id(study: Study) -> str:
     """Stable id of a launch (spec content after --set): a resumed launch finds its parent run by it."""
-    digest = hashlib.sha1(json.dumps(plan.raw, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{plan.name}-{digest[:10]}"
+    digest = hashlib.sha1(json.dumps(study.raw, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{study.name}-{digest[:10]}"
 
 
-def storage_path(plan: Plan) -> str:
-    configured = plan.trials[0].spec.resources.storage_path
+def storage_path(study: Study) -> str:
+    configured = study.launch.launch.storage_path
     if configured and "://" in configured:
         return configured
     return str(pathlib.Path(configured or "ray_results").expanduser().resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.run import QUIET_ENV
+    from pipeline.launch.tune_run import QUIET_ENV
 
     for key, value in QUIET_ENV.items():  # before Ray is imported: some are read at import time
         os.environ.setdefault(key, value)
     args = parse_args(argv)
     try:
-        plan = build_plan(load_spec_file(args.spec), source=args.spec, sets=args.sets)
-        resources = planning.assumed_resources(args.assume_resources) if args.assume_resources else None
+        study = build_study(load_spec_file(args.spec), source=args.spec, sets=args.sets)
+        resources = capacity.assumed_resources(args.assume_resources) if args.assume_resources else None
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SPEC
     if args.dry_run:
-        print(planning.describe(plan, resources or planning.local_resources(args.address)))
+        print(capacity.describe(study, resources or capacity.local_resources(args.address)))
         return 0
-    problems = planning.resource_problems(plan, resources or planning.local_resources(args.address),
+    problems = capacity.resource_problems(study, resources or capacity.local_resources(args.address),
                                           local=not (args.address or os.environ.get("RAY_ADDRESS")))
-    spec = plan.trials[0].spec
-    uri = tracking.resolve_tracking_uri(spec.tracking.uri)
+    uri = tracking.resolve_tracking_uri(study.launch.tracking.uri)
     try:
         tracking.check_reachable(uri)
     except tracking.TrackingError as exc:
@@ -77,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {SpecError(args.spec, problems)}", file=sys.stderr)
         return EXIT_SPEC
-    from pipeline.run import run_plan
-    from pipeline.tune_state import DamagedState
+    from pipeline.launch.tune_run import run_study
+    from pipeline.launch.tune_state import DamagedState
 
     started = time.perf_counter()
     try:
-        outcome = run_plan(plan, uri=uri, launch=launch_id(plan), storage=storage_path(plan), resume=args.resume,
+        outcome = run_study(study, uri=uri, launch=launch_id(study), storage=storage_path(study), resume=args.resume,
                            address=args.address, num_cpus=args.num_cpus)
     except DamagedState as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -94,9 +93,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if outcome.all_ok else EXIT_TRIALS_FAILED
 
 
-def _entry() -> None:
+def entry() -> None:
     sys.exit(main())
-
-
-if __name__ == "__main__":
-    _entry()
