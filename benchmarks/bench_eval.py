@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from diml.evaluation import evaluate, iter_rankings, ranking_metrics, recall_key
 from diml.evaluation.metrics import class_sizes
+from diml.ot import OTOptions
 
 KS = (1, 2, 4, 8)
 SOP_IMAGES = 60_502
@@ -63,10 +64,10 @@ def synthetic_gallery(n: int, *, dim: int = 128, cells: int = 16, class_size: in
     return glob, labels, local
 
 
-def default_similarity(**ot_options):
+def default_similarity(ot: OTOptions = OTOptions(), normalized: bool = False):
     from diml.ot import structural_similarity_candidates
 
-    return lambda ql, qg, cl, cg: structural_similarity_candidates(ql, qg, cl, cg, **ot_options)
+    return lambda ql, qg, cl, cg: structural_similarity_candidates(ql, qg, cl, cg, ot=ot, normalized=normalized)
 
 
 def per_query_loop(glob, labels, local, queries: torch.Tensor, depth: int, similarity):
@@ -110,21 +111,21 @@ def _sync(device: torch.device):
 
 
 def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", query_chunk=None, pair_chunk=None,
-                  ot_options=None) -> list[dict]:
+                  ot: OTOptions = OTOptions()) -> list[dict]:
     """Ours (end to end, all n queries) vs the loop (``loop_queries`` queries, extrapolated); metrics compared."""
     device = torch.device(device)
     glob, labels, local = (t.to(device) for t in synthetic_gallery(n))
-    similarity = default_similarity(**(ot_options or {}))
-    evaluate(glob[:300], labels[:300], local[:300], depths=(10,), nmi=False, ot_options=ot_options)
+    similarity = default_similarity(ot)
+    evaluate(glob[:300], labels[:300], local[:300], depths=(10,), nmi=False, ot=ot)
     _sync(device)  # warm-up above: first-call allocations and kernels
     start = time.perf_counter()
     ours = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                    pair_chunk=pair_chunk, ot_options=ot_options)
+                    pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     multi = evaluate(glob, labels, local, depths=(10, 50, depth), ks=KS, nmi=False, query_chunk=query_chunk,
-                     pair_chunk=pair_chunk, ot_options=ot_options)
+                     pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     multi_s = time.perf_counter() - start
     if multi[f"diml@{depth}"] != ours[f"diml@{depth}"]:  # one pass for several depths must not change any of them
@@ -133,7 +134,7 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     loop, loop_s = per_query_loop(glob, labels, local, subset, depth, similarity)
     # ours as evaluate() runs it: the gallery normalised once, the structural similarity told so
     mine = ours_for_queries(F.normalize(glob, dim=1), labels, F.normalize(local, dim=1), subset, depth,
-                            default_similarity(normalized=True, **(ot_options or {})))
+                            default_similarity(ot, normalized=True))
     gap = max(abs(a - b) for name in loop for a, b in zip(loop[name], mine[name]))
     loop_total = loop_s * n / loop_queries
     common = {"bench": "eval", "device": str(device), "threads": torch.get_num_threads(), "images": n, "K": depth}
@@ -147,7 +148,8 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     ]
 
 
-def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None, ot_options=None) -> dict:
+def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None,
+              ot: OTOptions = OTOptions()) -> dict:
     """60,502 random queries at K = ``depth``: seconds and peak memory (RSS, and CUDA allocator on a GPU)."""
     device = torch.device(device)
     glob, labels, local = (t.to(device) for t in synthetic_gallery(SOP_IMAGES, structured=False))
@@ -156,7 +158,7 @@ def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None,
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                      pair_chunk=pair_chunk, ot_options=ot_options)
+                      pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     row = {"bench": "eval", "device": str(device), "case": f"SOP scale {SOP_IMAGES} queries, K={depth}",
            "images": SOP_IMAGES, "K": depth, "seconds": time.perf_counter() - start, "inputs_MiB": inputs_mb,
