@@ -9,19 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from diml.evaluation._inputs import chunk_option, prepare
+from diml.evaluation.names import CONVENTION, GLOBAL, NMI, ranking_name
 from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
 from diml.evaluation.retrieval import CandidateSimilarity, global_candidates, pair_scores, rerank_depths
 from diml.ot.options import OTOptions, as_options
 
-GLOBAL = "global"
-CONVENTION_KEY = "convention"
 CHUNK_BYTES = 256 * 2**20
 """Working memory aimed at per chunk (of queries, or of stage-2 pairs) when the chunk sizes are not given."""
-
-
-def ranking_name(depth: int) -> str:
-    """Key of the re-ranked result at ``depth`` in :func:`evaluate`'s output, e.g. ``"diml@100"``."""
-    return f"diml@{depth}"
 
 
 def auto_query_chunk(num_images: int, length: int, num_rankings: int) -> int:
@@ -215,8 +209,8 @@ def evaluate(
     sums = _metric_sums(rankings, data.labels, cutoff, valid, data.ks)
     result = {name: {m: 100.0 * float(v) / num_valid for m, v in totals.items()} for name, totals in sums.items()}
     if nmi:
-        result[GLOBAL]["NMI"] = 100.0 * clustering_nmi(data.global_emb, data.labels, seed=seed)
-    result[CONVENTION_KEY] = {
+        result[GLOBAL][NMI] = 100.0 * clustering_nmi(data.global_emb, data.labels, seed=seed)
+    result[CONVENTION] = {
         "r_includes_query": float(bool(r_includes_query)),
         "num_queries": float(num_valid),
         "num_lone_queries": float(num_images - num_valid),
