@@ -14,11 +14,11 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from diml.explain.checkpoint import load_checkpoint
 from diml.explain.flow import plot_matching_flow
 from diml.explain.images import embed_images, list_images, open_image
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import RankedItem, rank_query
+from diml.models.checkpoint import load_checkpoint
 from diml.ot import OTOptions
 from diml.ot.options import MARGINAL_MODES
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from diml.explain.explanation import Explanation, top_pairs
-from diml.explain.images import embed_images, unwrap_model
+from diml.distributed import unwrap_model
+from diml.explain.images import embed_images
 from diml.ot import OTOptions, match
 from diml.ot.options import as_options
 

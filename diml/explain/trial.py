@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from diml.explain.flow import plot_matching_flow
-from diml.explain.images import unwrap_model
+from diml.distributed import unwrap_model
 from diml.explain.page import index_html
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import QueryRanking, RankedItem, rank_query
