@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from diml.evaluation._inputs import chunk_option, prepare
-from diml.evaluation.names import CONVENTION, GLOBAL, NMI, ranking_name
+from diml.names import CONVENTION, GLOBAL, NMI, ranking_name
 from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
 from diml.evaluation.retrieval import CandidateSimilarity, global_candidates, pair_scores, rerank_depths
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 
 CHUNK_BYTES = 256 * 2**20
 """Working memory aimed at per chunk (of queries, or of stage-2 pairs) when the chunk sizes are not given."""

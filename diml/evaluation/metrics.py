@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diml.evaluation.names import MAP_AT_R, RP, recall_key
+from diml.names import MAP_AT_R, RP, recall_key
 
 
 def class_sizes(labels: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import RankedItem, rank_query
 from diml.models.checkpoint import load_checkpoint
 from diml.ot import OTOptions
-from diml.ot.options import MARGINAL_MODES
+from diml.options import MARGINAL_MODES
 
 PROG = "python -m diml.explain"
 

@@ -18,7 +18,7 @@ from diml.explain.explanation import Explanation, top_pairs
 from diml.distributed import unwrap_model
 from diml.explain.images import embed_images
 from diml.ot import OTOptions, match
-from diml.ot.options import as_options
+from diml.options import as_options
 
 
 class Matched(NamedTuple):

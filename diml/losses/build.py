@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 
 from .catalog import LOSSES
 from .miners import MINERS

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import BaseDistance
 
 from diml import ot as diml_ot
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 
 GLOBAL_SLOT = 0
 # Squared distances below this count as 0 (see euclidean_from_cosine): exact above 1e-4, bounded gradient at 0.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from diml.ot.options import _check_int
+from diml.options import _check_int
 
 
 def check_chunk_size(chunk_size) -> None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from diml.ot import _options
 from diml.ot._scaling import LogKernel
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 from diml.ot.sinkhorn import solve
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from diml.ot import _options
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
 
 DEFAULT_CHUNK_SIZE = 8192

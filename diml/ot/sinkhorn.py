@@ -54,7 +54,7 @@ from diml.ot._scaling import (
     scaling_phase,
 )
 from diml.ot.newton import gibbs_plan, newton_step
-from diml.ot.options import OTOptions, as_options
+from diml.options import OTOptions, as_options
 
 
 class SinkhornResult(NamedTuple):

@@ -5,6 +5,9 @@
 (:func:`diml.evaluation.evaluate`), the explanations (:mod:`diml.explain`) and the pipeline's spec, whose defaults are
 :data:`TRIAL_EVALUATION_OT` and :data:`TRIAL_TRAINING_OT`.  Invalid values raise ``ValueError`` when the options are
 built, with a one-line message naming the field and the fix.
+
+This module imports no torch (nor anything of :mod:`diml.ot`, which re-exports it): the pipeline's spec reads its
+defaults in processes that never load a model.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""diml.evaluation.names: the result keys of evaluate(), their tracked (MLflow) names and display labels, written out
+"""diml.names: the result keys of evaluate(), their tracked (MLflow) names and display labels, written out
 by hand here as the reference."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from diml.evaluation import evaluate, names
+from diml import names
+from diml.evaluation import evaluate
 
 # MLflow 3.17's rule for metric names (mlflow/utils/validation.py: validate_param_and_metric_name, POSIX form)
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
@@ -56,3 +59,10 @@ def test_selection_metrics_of_another_form_name_the_form(value):
                                          r"with ranking 'global' or 'diml_K<k>' and metric one of RP, MAP_at_R, NMI "
                                          r"or R_at_<k>"):
         names.check_selection_metric(value)
+
+
+def test_the_names_and_the_ot_options_import_without_torch():
+    """The pipeline's spec, results table and report import these in processes that never load a model."""
+    code = "import sys, diml.names, diml.options; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

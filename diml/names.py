@@ -9,6 +9,9 @@
   :func:`result_name` maps a tracked name back.
 - Labels: a results table shows the result keys (``diml@100 R@1``); the paper-style report writes the re-ranked
   rankings ``DIML@100``.
+
+Re-exported as :mod:`diml.evaluation.names`.  This module imports no torch: the pipeline's tables and reports read
+MLflow with it in processes that never load a model.
 """
 
 from __future__ import annotations
@@ -61,7 +64,12 @@ def result_name(tracked: str) -> str:
 
 def metric_key(split: str, ranking: str, metric: str) -> str:
     """The tracked name of ``metric`` of ``ranking`` (result keys) on ``split``: ``test/diml_K100/R_at_1``."""
-    return f"{split}/{tracked_name(ranking)}/{tracked_name(metric)}"
+    return f"{split}/{selection_name(ranking, metric)}"
+
+
+def selection_name(ranking: str, metric: str) -> str:
+    """The tracked ``<ranking>/<metric>`` form of a selection metric (no split): ``global/R_at_1``."""
+    return f"{tracked_name(ranking)}/{tracked_name(metric)}"
 
 
 def depth_of(ranking: str) -> int | None:
