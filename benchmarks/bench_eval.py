@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from diml.evaluation import evaluate, iter_rankings, ranking_metrics, recall_key
 from diml.evaluation.metrics import class_sizes
+from diml.names import MAP_AT_R, RP, ranking_name
 from diml.ot import OTOptions
 
 KS = (1, 2, 4, 8)
@@ -74,7 +75,7 @@ def per_query_loop(glob, labels, local, queries: torch.Tensor, depth: int, simil
     """The authors' evaluation for the ``queries`` (int64 gallery rows). Returns ``({metric: [per query]}, seconds)``."""
     start = time.perf_counter()
     normalised = F.normalize(glob, dim=1)
-    out = {recall_key(k): [] for k in KS} | {"RP": [], "MAP@R": []}
+    out = {recall_key(k): [] for k in KS} | {RP: [], MAP_AT_R: []}
     for i in queries.tolist():
         cos = normalised @ normalised[i]
         cos[i] = float("-inf")
@@ -87,9 +88,9 @@ def per_query_loop(glob, labels, local, queries: torch.Tensor, depth: int, simil
         r = int((labels == labels[i]).sum().item()) - 1
         for k in KS:
             out[recall_key(k)].append(float(same[:k].max().item()))
-        out["RP"].append(same[:r].sum().item() / r)
+        out[RP].append(same[:r].sum().item() / r)
         precision = torch.cumsum(same[:r], 0) / torch.arange(1, r + 1, device=same.device)
-        out["MAP@R"].append((precision * same[:r]).sum().item() / r)
+        out[MAP_AT_R].append((precision * same[:r]).sum().item() / r)
     if glob.is_cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -101,7 +102,7 @@ def ours_for_queries(glob, labels, local, queries: torch.Tensor, depth: int, sim
     length = min(len(labels) - 1, max(depth, max(KS), int(cutoff.max())))
     ((query_index, rankings),) = iter_rankings(glob, local, length=length, depths=(depth,), similarity=similarity,
                                                query_chunk=len(queries), queries=queries)
-    match = labels[rankings[f"diml@{depth}"]] == labels[query_index][:, None]
+    match = labels[rankings[ranking_name(depth)]] == labels[query_index][:, None]
     return {name: v.tolist() for name, v in ranking_metrics(match, cutoff[query_index], KS).items()}
 
 
@@ -128,8 +129,8 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
                      pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     multi_s = time.perf_counter() - start
-    if multi[f"diml@{depth}"] != ours[f"diml@{depth}"]:  # one pass for several depths must not change any of them
-        raise RuntimeError(f"depths (10, 50, {depth}) in one pass disagree with diml@{depth} alone")
+    if multi[ranking_name(depth)] != ours[ranking_name(depth)]:  # several depths in one pass must not change any
+        raise RuntimeError(f"depths (10, 50, {depth}) in one pass disagree with {ranking_name(depth)} alone")
     subset = torch.arange(0, n, n // loop_queries, device=device)[:loop_queries]  # spread over all classes
     loop, loop_s = per_query_loop(glob, labels, local, subset, depth, similarity)
     # ours as evaluate() runs it: the gallery normalised once, the structural similarity told so
@@ -140,7 +141,7 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     common = {"bench": "eval", "device": str(device), "threads": torch.get_num_threads(), "images": n, "K": depth}
     return [
         common | {"case": f"ours diml@{depth}", "seconds": ours_s, "speedup": loop_total / ours_s,
-                  "R@1": ours[f"diml@{depth}"]["R@1"], "MAP@R": ours[f"diml@{depth}"]["MAP@R"],
+                  "R@1": ours[ranking_name(depth)]["R@1"], "MAP@R": ours[ranking_name(depth)][MAP_AT_R],
                   "global R@1": ours["global"]["R@1"]},
         common | {"case": "ours depths 10,50,100 in one pass", "seconds": multi_s, "speedup": loop_total / multi_s},
         common | {"case": f"per-query loop (timed on {loop_queries} queries, extrapolated)", "seconds": loop_total,
@@ -163,7 +164,7 @@ def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None,
     row = {"bench": "eval", "device": str(device), "case": f"SOP scale {SOP_IMAGES} queries, K={depth}",
            "images": SOP_IMAGES, "K": depth, "seconds": time.perf_counter() - start, "inputs_MiB": inputs_mb,
            "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "R@1": result[f"diml@{depth}"]["R@1"]}
+           "R@1": result[ranking_name(depth)]["R@1"]}
     if device.type == "cuda":
         row["peak_cuda_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row

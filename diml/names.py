@@ -34,7 +34,7 @@ SHOWN_METRICS = (f"{RECALL}1", RP, MAP_AT_R)
 
 # result key -> tracked name: the order matters ("diml@" first, then every other "@")
 _TRACKED = ((RERANKED, "diml_K"), ("@", "_at_"))
-_TRACKED_RANKING = re.compile(r"^diml_K(\d+)$")
+_TRACKED_RANKING = re.compile(rf"^{re.escape(_TRACKED[0][1])}(\d+)$")
 
 
 def ranking_name(depth: int) -> str:
