@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from diml.evaluation import evaluate, iter_rankings, ranking_metrics, recall_key
 from diml.evaluation.metrics import class_sizes
+from diml.names import MAP_AT_R, RP, ranking_name
+from diml.ot import OTOptions
 
 KS = (1, 2, 4, 8)
 SOP_IMAGES = 60_502
@@ -63,17 +65,17 @@ def synthetic_gallery(n: int, *, dim: int = 128, cells: int = 16, class_size: in
     return glob, labels, local
 
 
-def default_similarity(**ot_options):
+def default_similarity(ot: OTOptions = OTOptions(), normalized: bool = False):
     from diml.ot import structural_similarity_candidates
 
-    return lambda ql, qg, cl, cg: structural_similarity_candidates(ql, qg, cl, cg, **ot_options)
+    return lambda ql, qg, cl, cg: structural_similarity_candidates(ql, qg, cl, cg, ot=ot, normalized=normalized)
 
 
 def per_query_loop(glob, labels, local, queries: torch.Tensor, depth: int, similarity):
     """The authors' evaluation for the ``queries`` (int64 gallery rows). Returns ``({metric: [per query]}, seconds)``."""
     start = time.perf_counter()
     normalised = F.normalize(glob, dim=1)
-    out = {recall_key(k): [] for k in KS} | {"RP": [], "MAP@R": []}
+    out = {recall_key(k): [] for k in KS} | {RP: [], MAP_AT_R: []}
     for i in queries.tolist():
         cos = normalised @ normalised[i]
         cos[i] = float("-inf")
@@ -86,9 +88,9 @@ def per_query_loop(glob, labels, local, queries: torch.Tensor, depth: int, simil
         r = int((labels == labels[i]).sum().item()) - 1
         for k in KS:
             out[recall_key(k)].append(float(same[:k].max().item()))
-        out["RP"].append(same[:r].sum().item() / r)
+        out[RP].append(same[:r].sum().item() / r)
         precision = torch.cumsum(same[:r], 0) / torch.arange(1, r + 1, device=same.device)
-        out["MAP@R"].append((precision * same[:r]).sum().item() / r)
+        out[MAP_AT_R].append((precision * same[:r]).sum().item() / r)
     if glob.is_cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -100,7 +102,7 @@ def ours_for_queries(glob, labels, local, queries: torch.Tensor, depth: int, sim
     length = min(len(labels) - 1, max(depth, max(KS), int(cutoff.max())))
     ((query_index, rankings),) = iter_rankings(glob, local, length=length, depths=(depth,), similarity=similarity,
                                                query_chunk=len(queries), queries=queries)
-    match = labels[rankings[f"diml@{depth}"]] == labels[query_index][:, None]
+    match = labels[rankings[ranking_name(depth)]] == labels[query_index][:, None]
     return {name: v.tolist() for name, v in ranking_metrics(match, cutoff[query_index], KS).items()}
 
 
@@ -110,36 +112,36 @@ def _sync(device: torch.device):
 
 
 def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", query_chunk=None, pair_chunk=None,
-                  ot_options=None) -> list[dict]:
+                  ot: OTOptions = OTOptions()) -> list[dict]:
     """Ours (end to end, all n queries) vs the loop (``loop_queries`` queries, extrapolated); metrics compared."""
     device = torch.device(device)
     glob, labels, local = (t.to(device) for t in synthetic_gallery(n))
-    similarity = default_similarity(**(ot_options or {}))
-    evaluate(glob[:300], labels[:300], local[:300], depths=(10,), nmi=False, ot_options=ot_options)
+    similarity = default_similarity(ot)
+    evaluate(glob[:300], labels[:300], local[:300], depths=(10,), nmi=False, ot=ot)
     _sync(device)  # warm-up above: first-call allocations and kernels
     start = time.perf_counter()
     ours = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                    pair_chunk=pair_chunk, ot_options=ot_options)
+                    pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     multi = evaluate(glob, labels, local, depths=(10, 50, depth), ks=KS, nmi=False, query_chunk=query_chunk,
-                     pair_chunk=pair_chunk, ot_options=ot_options)
+                     pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     multi_s = time.perf_counter() - start
-    if multi[f"diml@{depth}"] != ours[f"diml@{depth}"]:  # one pass for several depths must not change any of them
-        raise RuntimeError(f"depths (10, 50, {depth}) in one pass disagree with diml@{depth} alone")
+    if multi[ranking_name(depth)] != ours[ranking_name(depth)]:  # several depths in one pass must not change any
+        raise RuntimeError(f"depths (10, 50, {depth}) in one pass disagree with {ranking_name(depth)} alone")
     subset = torch.arange(0, n, n // loop_queries, device=device)[:loop_queries]  # spread over all classes
     loop, loop_s = per_query_loop(glob, labels, local, subset, depth, similarity)
     # ours as evaluate() runs it: the gallery normalised once, the structural similarity told so
     mine = ours_for_queries(F.normalize(glob, dim=1), labels, F.normalize(local, dim=1), subset, depth,
-                            default_similarity(normalized=True, **(ot_options or {})))
+                            default_similarity(ot, normalized=True))
     gap = max(abs(a - b) for name in loop for a, b in zip(loop[name], mine[name]))
     loop_total = loop_s * n / loop_queries
     common = {"bench": "eval", "device": str(device), "threads": torch.get_num_threads(), "images": n, "K": depth}
     return [
         common | {"case": f"ours diml@{depth}", "seconds": ours_s, "speedup": loop_total / ours_s,
-                  "R@1": ours[f"diml@{depth}"]["R@1"], "MAP@R": ours[f"diml@{depth}"]["MAP@R"],
+                  "R@1": ours[ranking_name(depth)]["R@1"], "MAP@R": ours[ranking_name(depth)][MAP_AT_R],
                   "global R@1": ours["global"]["R@1"]},
         common | {"case": "ours depths 10,50,100 in one pass", "seconds": multi_s, "speedup": loop_total / multi_s},
         common | {"case": f"per-query loop (timed on {loop_queries} queries, extrapolated)", "seconds": loop_total,
@@ -147,7 +149,8 @@ def bench_gallery(n: int, loop_queries: int, *, depth: int = 100, device="cpu", 
     ]
 
 
-def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None, ot_options=None) -> dict:
+def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None,
+              ot: OTOptions = OTOptions()) -> dict:
     """60,502 random queries at K = ``depth``: seconds and peak memory (RSS, and CUDA allocator on a GPU)."""
     device = torch.device(device)
     glob, labels, local = (t.to(device) for t in synthetic_gallery(SOP_IMAGES, structured=False))
@@ -156,12 +159,12 @@ def bench_sop(device="cpu", depth: int = 100, query_chunk=None, pair_chunk=None,
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = evaluate(glob, labels, local, depths=(depth,), ks=KS, nmi=False, query_chunk=query_chunk,
-                      pair_chunk=pair_chunk, ot_options=ot_options)
+                      pair_chunk=pair_chunk, ot=ot)
     _sync(device)
     row = {"bench": "eval", "device": str(device), "case": f"SOP scale {SOP_IMAGES} queries, K={depth}",
            "images": SOP_IMAGES, "K": depth, "seconds": time.perf_counter() - start, "inputs_MiB": inputs_mb,
            "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "R@1": result[f"diml@{depth}"]["R@1"]}
+           "R@1": result[ranking_name(depth)]["R@1"]}
     if device.type == "cuda":
         row["peak_cuda_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
     return row

@@ -48,10 +48,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: `diml` importable
 
-from diml.ot import structural_similarity, structural_similarity_candidates  # noqa: E402
+from diml.ot import (  # noqa: E402
+    TRIAL_TRAINING_OT,
+    OTOptions,
+    structural_similarity,
+    structural_similarity_candidates,
+)
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates  # noqa: E402
 
-EPS, TOL, C, R = 0.05, 1e-4, 128, 16
+EPS, TOL, C, R = OTOptions.eps, TRIAL_TRAINING_OT.tol, 128, 16  # the paper's eps; the training runs' tolerance
 POT_STOP = TOL / 4  # POT stops on an L2 marginal error; L1 <= sqrt(R) * L2 = 4 * L2
 
 
@@ -186,13 +191,11 @@ def _ours_rows(case, features, n_pairs, full, default, solve_stats, repeats):
 
 def _solve_stats(S, a, b):
     """Sinkhorn iterations per pair, Newton usage and the marginal error of ours on the same terms (not timed)."""
-    from diml.ot import _options
     from diml.ot._scaling import LogKernel
     from diml.ot.sinkhorn import solve
 
-    res = solve(LogKernel(S.reshape(-1, R, R), 1 / EPS, -1 / EPS), a.reshape(-1, R), b.reshape(-1, R), eps=EPS,
-                max_iter=_options.MAX_ITER, tol=TOL, newton_steps=_options.NEWTON_STEPS,
-                check_every=_options.CHECK_EVERY, grad="plan_constant", direct=True)
+    res = solve(LogKernel(S.reshape(-1, R, R), 1 / EPS, -1 / EPS), a.reshape(-1, R), b.reshape(-1, R),
+                OTOptions(eps=EPS, tol=TOL), direct=True)
     polished = (int((res.problem_newton_steps > 0).sum()), res.newton_steps)
     return res.problem_iterations, polished, float(res.marginal_error.max())
 
@@ -238,7 +241,7 @@ def bench_batch(features: str, quick: bool) -> list[dict]:
     n = local.shape[0]
     gen = torch.Generator().manual_seed(2)
     rows, sim = _ours_rows("a: 112-batch all pairs", features, n * n,
-                           lambda: structural_similarity(local, glob, local, glob, tol=TOL),
+                           lambda: structural_similarity(local, glob, local, glob, ot=OTOptions(tol=TOL)),
                            lambda: structural_similarity(local, glob, local, glob), _solve_stats(
                                *pair_terms_all(*_prepare(local, glob, local, glob, candidates=False),
                                                "cross_attention")), 3 if quick else 7)
@@ -261,7 +264,7 @@ def bench_candidates(features: str, quick: bool) -> list[dict]:
     ql, qg, cl, cg = candidate_case(features, nq, k)
     gen = torch.Generator().manual_seed(3)
     rows, sim = _ours_rows(f"b: {nq} queries x top-{k}", features, nq * k,
-                           lambda: structural_similarity_candidates(ql, qg, cl, cg, tol=TOL),
+                           lambda: structural_similarity_candidates(ql, qg, cl, cg, ot=OTOptions(tol=TOL)),
                            lambda: structural_similarity_candidates(ql, qg, cl, cg), _solve_stats(
                                *pair_terms_candidates(*_prepare(ql, qg, cl, cg, candidates=True),
                                                       "cross_attention")), 3 if quick else 5)

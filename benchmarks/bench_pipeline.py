@@ -22,6 +22,11 @@ import time
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # diml.names without an installed package
+from diml import names  # noqa: E402
+
+TRAINED_R1 = names.metric_key("best/test", names.GLOBAL, names.recall_key(1))
+UNTRAINED_R1 = names.metric_key("init/test", names.GLOBAL, names.recall_key(1))
 
 SCALING_SPEC = {
     "name": "bench-scaling",
@@ -92,8 +97,8 @@ def quickstart(folder: pathlib.Path) -> list[dict]:
     for key in ("overhead/trial_to_first_batch_s", "overhead/worker_setup_s", "overhead/tracking_s",
                 "overhead/explanations_s"):
         row["per_trial_" + key.split("/")[1]] = statistics.mean(r.data.metrics.get(key, float("nan")) for r in runs)
-    row["trained_R_at_1"] = statistics.mean(r.data.metrics["best/test/global/R_at_1"] for r in runs)
-    row["untrained_R_at_1"] = statistics.mean(r.data.metrics["init/test/global/R_at_1"] for r in runs)
+    row["trained_R_at_1"] = statistics.mean(r.data.metrics[TRAINED_R1] for r in runs)
+    row["untrained_R_at_1"] = statistics.mean(r.data.metrics[UNTRAINED_R1] for r in runs)
     return [row]
 
 

@@ -21,10 +21,7 @@ import torch
 from diml.engine import TrainModule
 from diml.losses import build_loss
 from diml.models import build_model
-
-# The pipeline's default OT options inside training losses, pipeline.specs.TRAINING_OT (copied: the GPU machine
-# that runs this script has no pydantic; tests/pipeline/test_pipeline_build.py keeps the two equal)
-TRAINING_OT = {"tol": 1e-4}
+from diml.ot import TRIAL_TRAINING_OT  # the pipeline spec's default loss.ot
 
 CASES = (
     ("margin", "global", "distance"),
@@ -65,7 +62,7 @@ def bench_case(loss_name: str, similarity: str, miner: str | None, args, device:
         model.compile()  # in place, as the pipeline does
     n_classes = args.batch // 2
     loss = build_loss(loss_name, {}, similarity=similarity, num_classes=n_classes, embed_dim=128, miner=miner,
-                      ot={"eps": 0.05, "marginals": "cross_attention", "max_iter": 200, **TRAINING_OT}).to(device)
+                      ot=TRIAL_TRAINING_OT).to(device)
     module = TrainModule(model, loss, amp_dtype=torch.bfloat16 if args.amp else None)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
     images = torch.randn(args.batch, 3, args.size, args.size, device=device)

@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ot  # noqa: E402  (benchmarks/ is not a package)
 from bench_ot import TOL, _ours_rows, _pot_batch_row, _solve_stats, batch_case, candidate_case  # noqa: E402
 
-from diml.ot import structural_similarity, structural_similarity_candidates  # noqa: E402
+from diml.ot import OTOptions, structural_similarity, structural_similarity_candidates  # noqa: E402
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates  # noqa: E402
 
 CHUNK = 262_144  # pairs per chunk on the GPU
+TRAIN = OTOptions(tol=TOL)  # the training runs' tolerance
 
 
 def _with_speedups(rows: list[dict]) -> list[dict]:
@@ -50,7 +51,7 @@ def gpu_batch(features: str) -> list[dict]:
     n = local.shape[0]
     terms_all = pair_terms_all(*_prepare(local, glob, local, glob, candidates=False), "cross_attention")
     rows, sim = _ours_rows("a: 112-batch all pairs", features, n * n,
-                           lambda: structural_similarity(local, glob, local, glob, tol=TOL, chunk_size=CHUNK),
+                           lambda: structural_similarity(local, glob, local, glob, ot=TRAIN, chunk_size=CHUNK),
                            lambda: structural_similarity(local, glob, local, glob, chunk_size=CHUNK),
                            _solve_stats(*terms_all), 5)
     terms = lambda: pair_terms_all(*_prepare(local, glob, local, glob, candidates=False),  # noqa: E731
@@ -82,7 +83,7 @@ def gpu_candidates(features: str, n_queries: int = 1000, k: int = 100, pot_queri
     ql, qg, cl, cg = candidate_case(features, n_queries, k, device="cuda")
     terms_all = pair_terms_candidates(*_prepare(ql, qg, cl, cg, candidates=True), "cross_attention")
     rows, sim = _ours_rows(f"b: {n_queries} queries x top-{k}", features, n_queries * k,
-                           lambda: structural_similarity_candidates(ql, qg, cl, cg, tol=TOL, chunk_size=CHUNK),
+                           lambda: structural_similarity_candidates(ql, qg, cl, cg, ot=TRAIN, chunk_size=CHUNK),
                            lambda: structural_similarity_candidates(ql, qg, cl, cg, chunk_size=CHUNK),
                            _solve_stats(*terms_all), 5)
     q = pot_queries or n_queries  # POT batched on the first q queries, extrapolated
@@ -97,7 +98,7 @@ def gpu_scale(n_queries: int = 10_000, k: int = 100) -> dict:
     ql, qg, cl, cg = candidate_case("random", n_queries, k, device="cuda")
     inputs = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    seconds, _ = bench_ot._timed(lambda: structural_similarity_candidates(ql, qg, cl, cg, tol=TOL,
+    seconds, _ = bench_ot._timed(lambda: structural_similarity_candidates(ql, qg, cl, cg, ot=TRAIN,
                                                                           chunk_size=CHUNK), 2)
     return {"case": f"scale: {n_queries} queries x {k}", "features": "random", "method": "ours",
             "pairs": n_queries * k, "seconds": seconds, "pairs_per_s": n_queries * k / seconds,

@@ -22,6 +22,15 @@ import torch
 import torch.distributed as dist
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The inner module of a DDP / DataParallel wrapper, else ``model``: evaluation and explanations need no gradient
+    synchronisation, and a DDP forward on shards of unequal length could wait on a collective that the other ranks
+    never reach."""
+    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return model.module
+    return model
+
+
 def is_distributed() -> bool:
     """True when ``torch.distributed`` is available and a process group is initialised."""
     return dist.is_available() and dist.is_initialized()

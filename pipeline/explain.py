@@ -18,7 +18,7 @@ from diml.explain.cli import add_arguments, execute
 from pipeline import tracking
 
 PROG = "python -m pipeline.explain"
-ARTIFACT = "checkpoint/best_model.pt"
+ARTIFACT = tracking.CHECKPOINT_ARTIFACT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diml import names
 from pipeline import tracking
 
-METRICS = (("R@1", "R_at_1"), ("RP", "RP"), ("MAP@R", "MAP_at_R"))
+METRICS = tuple((label, names.tracked_name(label)) for label in names.SHOWN_METRICS)  # (label, tracked name)
+R1 = names.recall_key(1)
+GAIN = (f"gain {R1}", f"gain {names.tracked_name(R1)}")  # (label, column): a re-ranking's R@1 minus global R@1
 GROUP_TAGS = ("dataset", "loss_variant", "backbone", "similarity")
 
 
@@ -34,21 +37,21 @@ class Report:
         for ranking in self.rankings:
             label = _label(ranking)
             header += [f"{label} {m}" for m, _ in METRICS]
-            if ranking != "global":
-                header.append(f"{label} gain R@1")
+            if ranking != names.GLOBAL:
+                header.append(f"{label} {GAIN[0]}")
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in self.frame.iterrows():
             cells = [row["dataset"], row["loss_variant"], row["backbone"], row["similarity"], str(row["seeds"])]
             for ranking in self.rankings:
                 cells += [_pm(row, f"{ranking}/{m}") for m, _ in METRICS]
-                if ranking != "global":
-                    cells.append(_pm(row, f"{ranking}/gain R@1", signed=True))
+                if ranking != names.GLOBAL:
+                    cells.append(_pm(row, f"{ranking}/{GAIN[0]}", signed=True))
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + f"\n\n{self.caption}\n"
 
 
 def _label(ranking: str) -> str:
-    return ranking.replace("diml_K", "DIML@")
+    return names.ranking_label(ranking, paper=True)
 
 
 def _pm(row, key: str, signed: bool = False) -> str:
@@ -57,10 +60,6 @@ def _pm(row, key: str, signed: bool = False) -> str:
         return "-"
     text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
     return text if not std or math.isnan(std) else f"{text} ± {std:.2f}"
-
-
-def _is_ranking(name: str) -> bool:
-    return name == "global" or name.startswith("diml_K")
 
 
 def _trial_records(runs) -> list[dict]:
@@ -88,16 +87,17 @@ def build_report(runs) -> Report:
     if not records:
         raise ValueError("no finished trial runs to report: run a grid first (python -m pipeline.launch SPEC)")
     frame = pd.DataFrame(records)
-    rankings = sorted({c.split("/")[0] for c in frame.columns if "/" in c and _is_ranking(c.split("/")[0])},
-                      key=lambda n: int(n.removeprefix("diml_K")) if n.startswith("diml_K") else -1)
+    rankings = sorted({c.split("/")[0] for c in frame.columns if "/" in c and names.is_ranking(c.split("/")[0])},
+                      key=names.ranking_order)
+    r1 = names.tracked_name(R1)
     for ranking in rankings[1:]:
-        frame[f"{ranking}/gain R_at_1"] = frame[f"{ranking}/R_at_1"] - frame["global/R_at_1"]
+        frame[f"{ranking}/{GAIN[1]}"] = frame[f"{ranking}/{r1}"] - frame[f"{names.GLOBAL}/{r1}"]
     rows = []
     for key, group in frame.groupby(list(GROUP_TAGS), sort=True):
         row = dict(zip(GROUP_TAGS, key), seeds=int(group["seed"].nunique()))
         for ranking in rankings:
-            names = [(m, k) for m, k in METRICS] + ([("gain R@1", "gain R_at_1")] if ranking != "global" else [])
-            for shown, stored in names:
+            shown_names = list(METRICS) + ([GAIN] if ranking != names.GLOBAL else [])
+            for shown, stored in shown_names:
                 values = group[f"{ranking}/{stored}"].astype(float).to_numpy()
                 row[f"{ranking}/{shown} mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
                 row[f"{ranking}/{shown} std"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else math.nan
@@ -124,11 +124,11 @@ def gains_chart(report: Report, path: pathlib.Path) -> None:
     width = 0.8 / max(1, len(depths))
     x = np.arange(len(labels))
     for i, ranking in enumerate(depths):
-        ax.bar(x + i * width, frame[f"{ranking}/gain R@1 mean"].to_numpy(dtype=float), width,
-               yerr=np.nan_to_num(frame[f"{ranking}/gain R@1 std"].to_numpy(dtype=float)), label=_label(ranking))
+        ax.bar(x + i * width, frame[f"{ranking}/{GAIN[0]} mean"].to_numpy(dtype=float), width,
+               yerr=np.nan_to_num(frame[f"{ranking}/{GAIN[0]} std"].to_numpy(dtype=float)), label=_label(ranking))
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x + width * (len(depths) - 1) / 2, labels, fontsize=8)
-    ax.set_ylabel("R@1 gain over global (points)")
+    ax.set_ylabel(f"{R1} gain over {names.GLOBAL} (points)")
     ax.set_title("Test-time DIML re-ranking gain")
     if depths:
         ax.legend()

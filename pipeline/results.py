@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from diml import names
 from pipeline import tracking
 
-SHOWN = (("R@1", "R_at_1"), ("RP", "RP"), ("MAP@R", "MAP_at_R"))
+SHOWN = tuple((label, names.tracked_name(label)) for label in names.SHOWN_METRICS)  # (label, tracked name)
+UNTRAINED_R1 = names.metric_key("init/test", names.GLOBAL, names.recall_key(1))
 
 
 @dataclass
@@ -32,18 +34,18 @@ class ResultsTable:
             return "no trial reached MLflow"
         header = ["trial", "loss", "mode", "status"]
         for ranking in self.rankings:
-            label = ranking.replace("diml_K", "diml@")
+            label = names.ranking_label(ranking)
             header += [f"{label} {shown}" for shown, _ in SHOWN]
-        has_init = any("init/test/global/R_at_1" in r.metrics for r in self.rows)
+        has_init = any(UNTRAINED_R1 in r.metrics for r in self.rows)
         if has_init:
-            header.append("untrained R@1")
+            header.append(f"untrained {names.recall_key(1)}")
         body = []
         for row in self.rows:
             cells = [row.name, row.tags.get("loss", "?"), row.tags.get("similarity", "?"), row.status]
             for ranking in self.rankings:
                 cells += [_fmt(row.value(ranking, key)) for _, key in SHOWN]
             if has_init:
-                cells.append(_fmt(row.metrics.get("init/test/global/R_at_1", math.nan)))
+                cells.append(_fmt(row.metrics.get(UNTRAINED_R1, math.nan)))
             body.append(cells)
         widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body]]
@@ -56,10 +58,9 @@ def _fmt(value: float) -> str:
 
 
 def _rankings(rows: list[TrialRow]) -> list[str]:
-    names = {key.split("/")[2] for row in rows for key in row.metrics if key.startswith("best/test/")
-             and key.count("/") == 3 and (key.split("/")[2] == "global" or key.split("/")[2].startswith("diml_K"))}
-    depth = lambda n: int(n.removeprefix("diml_K")) if n.startswith("diml_K") else -1  # noqa: E731
-    return sorted(names, key=depth)
+    found = {key.split("/")[2] for row in rows for key in row.metrics if key.startswith("best/test/")
+             and key.count("/") == 3 and names.is_ranking(key.split("/")[2])}
+    return sorted(found, key=names.ranking_order)
 
 
 def collect_results(uri: str, experiment_id: str, parent_run_id: str) -> ResultsTable:

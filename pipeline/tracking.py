@@ -18,11 +18,14 @@ import urllib.request
 from importlib import metadata
 from typing import Any, Iterable
 
+from diml import names
+
 TAG_PARENT = "mlflow.parentRunId"
 TAG_TRIAL = "ray_trial_id"
 TAG_LAUNCH = "diml.launch_id"
 TAG_ROLE = "diml.role"
 TRIAL_TAGS = ("dataset", "loss", "backbone", "similarity", "seed")
+CHECKPOINT_ARTIFACT = "checkpoint/best_model.pt"  # a trial's best model (diml.models.checkpoint format)
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pot", "pytorch-metric-learning", "faiss-cpu", "pydantic")
 
 
@@ -144,14 +147,11 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> 
         c.log_batch(run_id, metrics=items[start:start + 900])
 
 
-def metric_key(split: str, ranking: str, metric: str) -> str:
-    """MLflow-safe metric names: ``test/diml_K100/R_at_1`` for split test, ranking diml@100, metric R@1."""
-    return f"{split}/{ranking.replace('diml@', 'diml_K')}/{metric.replace('@', '_at_')}"
-
-
 def evaluation_metrics(split: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """:func:`diml.evaluation.evaluate`'s ``results`` as MLflow metrics (:func:`diml.names.metric_key`):
+    ``test/diml_K100/R_at_1`` for split test, ranking diml@100, metric R@1."""
     return {
-        metric_key(split, ranking, metric): value
+        names.metric_key(split, ranking, metric): value
         for ranking, values in results.items()
         for metric, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)

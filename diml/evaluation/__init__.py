@@ -5,19 +5,14 @@ sharded extraction.
   the R convention and lone queries).
 - :func:`save_embeddings` / :func:`load_embeddings` -> :class:`EmbeddingSet` (Parquet, re-score without the model).
 - :func:`extract_embeddings` (sharded over DDP ranks, gathered on rank 0).
+- :mod:`diml.evaluation.names` (:mod:`diml.names`): every result key, its tracked (MLflow) name and its display label.
 """
 
-from diml.evaluation.evaluate import (
-    CONVENTION_KEY,
-    GLOBAL,
-    auto_pair_chunk,
-    auto_query_chunk,
-    evaluate,
-    iter_rankings,
-    ranking_name,
-)
+from diml import names
+from diml.evaluation.evaluate import auto_pair_chunk, auto_query_chunk, evaluate, iter_rankings
 from diml.evaluation.extraction import extract_embeddings
-from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, recall_key, relevant_cutoff
+from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
+from diml.names import GLOBAL, ranking_name, recall_key
 from diml.evaluation.retrieval import (
     CandidateSimilarity,
     global_candidates,
@@ -29,7 +24,6 @@ from diml.evaluation.retrieval import (
 from diml.evaluation.storage import EmbeddingSet, load_embeddings, save_embeddings
 
 __all__ = [
-    "CONVENTION_KEY",
     "GLOBAL",
     "CandidateSimilarity",
     "EmbeddingSet",
@@ -43,6 +37,7 @@ __all__ = [
     "global_top",
     "iter_rankings",
     "load_embeddings",
+    "names",
     "pair_scores",
     "ranking_metrics",
     "ranking_name",

@@ -9,18 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from diml.evaluation._inputs import chunk_option, prepare
+from diml.names import CONVENTION, GLOBAL, NMI, ranking_name
 from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
 from diml.evaluation.retrieval import CandidateSimilarity, global_candidates, pair_scores, rerank_depths
+from diml.options import OTOptions, as_options
 
-GLOBAL = "global"
-CONVENTION_KEY = "convention"
 CHUNK_BYTES = 256 * 2**20
 """Working memory aimed at per chunk (of queries, or of stage-2 pairs) when the chunk sizes are not given."""
-
-
-def ranking_name(depth: int) -> str:
-    """Key of the re-ranked result at ``depth`` in :func:`evaluate`'s output, e.g. ``"diml@100"``."""
-    return f"diml@{depth}"
 
 
 def auto_query_chunk(num_images: int, length: int, num_rankings: int) -> int:
@@ -90,12 +85,10 @@ def iter_rankings(
         yield queries[rows], rankings
 
 
-def _default_similarity(eps: float, marginals: str, ot_options: dict | None, *,
-                        normalized: bool = False) -> CandidateSimilarity:
+def _default_similarity(ot: OTOptions, *, normalized: bool = False) -> CandidateSimilarity:
     from diml.ot import structural_similarity_candidates
 
-    return functools.partial(structural_similarity_candidates, eps=eps, marginals=marginals, normalized=normalized,
-                             **(ot_options or {}))
+    return functools.partial(structural_similarity_candidates, ot=ot, normalized=normalized)
 
 
 def _metric_sums(
@@ -138,9 +131,7 @@ def evaluate(
     depths: Sequence[int] = (100,),
     ks: Sequence[int] = (1, 2, 4, 8),
     r_includes_query: bool = False,
-    eps: float = 0.05,
-    marginals: str = "cross_attention",
-    ot_options: dict | None = None,
+    ot: OTOptions = OTOptions(),
     nmi: bool = True,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -154,7 +145,7 @@ def evaluate(
     Every image is a query against the N - 1 others (the query is never in its own ranking). Stage 1 ranks by the
     cosine of global embeddings (chunked matrix products and top-k; never an ``N x N`` matrix). Stage 2 (with
     ``local_emb``) computes, for each query and each of its first ``K = max(depths)`` candidates, the structural
-    similarity (:func:`diml.ot.structural_similarity_candidates` with ``eps`` and ``marginals``), once per unordered
+    similarity (:func:`diml.ot.structural_similarity_candidates` with the options ``ot``), once per unordered
     pair (it is symmetric); the final score is structural + global cosine (as the DIML authors); for each depth
     ``d`` the first ``d`` candidates are re-ordered by it and the rest keep their global order. All depths come
     from one stage-1 and one stage-2 pass.
@@ -175,8 +166,8 @@ def evaluate(
         depths: re-ranking depths, each in ``[1, N - 1]``.
         ks: the k of Recall@k, each in ``[1, N - 1]``.
         r_includes_query: R counts the query itself (paper) instead of only the other images (PML, default).
-        eps, marginals, ot_options: options of the structural similarity (``ot_options`` holds the others, e.g.
-            ``max_iter``, ``tol``, ``chunk_size``).
+        ot: :class:`~diml.ot.OTOptions` of the structural similarity (a training run evaluates with
+            :data:`diml.ot.TRIAL_EVALUATION_OT`).
         nmi: compute NMI (k-means; the slowest part at SOP scale).
         seed: k-means seed.
         device: where to compute (default: ``global_emb``'s device).
@@ -192,6 +183,7 @@ def evaluate(
         "convention": {"r_includes_query": 0.0 | 1.0, "num_queries": .., "num_lone_queries": ..}}``: every value a
         float; ``convention`` records the R convention and how many queries were averaged and excluded.
     """
+    ot = as_options(ot)
     data = prepare(global_emb, labels, local_emb, depths, ks, device)
     chunk_option("query_chunk", query_chunk)
     chunk_option("pair_chunk", pair_chunk)
@@ -207,7 +199,7 @@ def evaluate(
     if similarity is None and data.depths:
         # the structural similarity normalises every cell and global vector: do it once for the gallery here
         # instead of once per scored pair
-        similarity = _default_similarity(eps, marginals, ot_options, normalized=True)
+        similarity = _default_similarity(ot, normalized=True)
         global_emb, local_emb = F.normalize(global_emb, dim=1), F.normalize(local_emb, dim=1)
     rankings = iter_rankings(
         global_emb, local_emb, length=length, depths=data.depths, similarity=similarity,
@@ -217,8 +209,8 @@ def evaluate(
     sums = _metric_sums(rankings, data.labels, cutoff, valid, data.ks)
     result = {name: {m: 100.0 * float(v) / num_valid for m, v in totals.items()} for name, totals in sums.items()}
     if nmi:
-        result[GLOBAL]["NMI"] = 100.0 * clustering_nmi(data.global_emb, data.labels, seed=seed)
-    result[CONVENTION_KEY] = {
+        result[GLOBAL][NMI] = 100.0 * clustering_nmi(data.global_emb, data.labels, seed=seed)
+    result[CONVENTION] = {
         "r_includes_query": float(bool(r_includes_query)),
         "num_queries": float(num_valid),
         "num_lone_queries": float(num_images - num_valid),

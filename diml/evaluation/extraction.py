@@ -8,15 +8,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from diml.distributed import unwrap_model
 from diml.evaluation.storage import EmbeddingSet
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The inner module of a DDP / DataParallel wrapper: evaluation needs no gradient synchronisation, and a DDP
-    forward on shards of unequal length could wait on a collective that the other ranks never reach."""
-    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        return model.module
-    return model
 
 
 def _unpack(output) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -32,7 +25,7 @@ def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers):
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     globals_, locals_, labels = [], [], []
-    module = _unwrap(model)
+    module = unwrap_model(model)
     was_training = module.training
     module.eval()
     try:

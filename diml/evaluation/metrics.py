@@ -19,10 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def recall_key(k: int) -> str:
-    """Name of the Recall@k entry in a result dict, e.g. ``"R@1"``."""
-    return f"R@{k}"
+from diml.names import MAP_AT_R, RP, recall_key
 
 
 def class_sizes(labels: torch.Tensor) -> torch.Tensor:
@@ -78,9 +75,9 @@ def ranking_metrics(
     hits = match & within
     r = cutoff.to(torch.float64)
     out = {recall_key(k): match[:, :k].any(dim=1).to(torch.float64) for k in ks}
-    out["RP"] = hits.sum(dim=1).to(torch.float64) / r
+    out[RP] = hits.sum(dim=1).to(torch.float64) / r
     precision_at_j = match.cumsum(dim=1).to(torch.float64) / position.to(torch.float64)
-    out["MAP@R"] = (precision_at_j * hits).sum(dim=1) / r
+    out[MAP_AT_R] = (precision_at_j * hits).sum(dim=1) / r
     return out
 
 

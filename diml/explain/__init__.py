@@ -6,16 +6,16 @@
 - :func:`plot_matching_flow` and :func:`plot_retrieval_panel` write PNG figures; :func:`rank_query` ranks one query
   before and after DIML re-ranking with an explanation per result.
 - :func:`write_trial_explanations`: figures, JSON and ``index.html`` of seeded test queries (for the pipeline).
-- :func:`load_checkpoint` and ``python -m diml.explain`` (:mod:`diml.explain.cli`).
+- :func:`load_checkpoint` (:mod:`diml.models.checkpoint`) and ``python -m diml.explain`` (:mod:`diml.explain.cli`).
 """
 
-from diml.explain.checkpoint import load_checkpoint
 from diml.explain.explanation import CellPair, Explanation
 from diml.explain.flow import plot_matching_flow
 from diml.explain.pair import exact_plan, explain_images, explain_pair
 from diml.explain.panel import panel_size, plot_retrieval_panel
 from diml.explain.retrieval import QueryRanking, RankedItem, rank_query
 from diml.explain.trial import write_trial_explanations
+from diml.models.checkpoint import load_checkpoint
 
 __all__ = [
     "CellPair",

@@ -14,11 +14,13 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from diml.explain.checkpoint import load_checkpoint
 from diml.explain.flow import plot_matching_flow
 from diml.explain.images import embed_images, list_images, open_image
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import RankedItem, rank_query
+from diml.models.checkpoint import load_checkpoint
+from diml.ot import OTOptions
+from diml.options import MARGINAL_MODES
 
 PROG = "python -m diml.explain"
 
@@ -35,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -
     parser.add_argument("--depth", type=int, default=100, help="global candidates re-ranked by DIML")
     parser.add_argument("--image-size", type=int, default=None, help="model input size (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--eps", type=float, default=0.05, help="entropic regularisation of the matching")
-    parser.add_argument("--marginals", default="cross_attention", choices=("cross_attention", "uniform"))
+    parser.add_argument("--eps", type=float, default=OTOptions.eps, help="entropic regularisation of the matching")
+    parser.add_argument("--marginals", default=OTOptions.marginals, choices=MARGINAL_MODES)
     parser.add_argument("--exact", action="store_true", help="add the unregularised plan (POT ot.emd)")
     return parser
 
@@ -70,8 +72,9 @@ def run(args: argparse.Namespace) -> list[pathlib.Path]:
     images = [query] + [open_image(p) for p in paths]
     ids = [str(query_path)] + [str(p.relative_to(root)) for p in paths]
     glob, local = embed_images(model, images, image_size=image_size, device=args.device)
-    ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, eps=args.eps,
-                         marginals=args.marginals, ids=ids, pairs=args.top, exact=args.exact, device=args.device)
+    ot = OTOptions(eps=args.eps, marginals=args.marginals)
+    ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, ot=ot, ids=ids,
+                         pairs=args.top, exact=args.exact, device=args.device)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_retrieval_panel(ranking, query, images.__getitem__, out / "retrieval.png")]

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
 from diml.data.transforms import eval_transform
+from diml.distributed import unwrap_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 DISPLAY_SIZE = 160
@@ -74,13 +75,6 @@ def model_input(image: Image.Image | torch.Tensor, image_size: int) -> torch.Ten
         return image.float()
     raise ValueError(f"image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__} "
                      f"{tuple(getattr(image, 'shape', ()))}")
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The inner module of a DDP / DataParallel wrapper (explanations need no gradient synchronisation)."""
-    if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        return model.module
-    return model
 
 
 def embed_images(

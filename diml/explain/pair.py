@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from diml.explain.explanation import Explanation, top_pairs
-from diml.explain.images import embed_images, unwrap_model
-from diml.ot import match
+from diml.distributed import unwrap_model
+from diml.explain.images import embed_images
+from diml.ot import OTOptions, match
+from diml.options import as_options
 
 
 class Matched(NamedTuple):
@@ -64,9 +66,7 @@ def match_query(
     r_global: torch.Tensor,
     *,
     grid: int,
-    eps: float = 0.05,
-    marginals: str = "cross_attention",
-    ot_options: dict[str, Any] | None = None,
+    ot: OTOptions = OTOptions(),
     device: str | torch.device = "cpu",
 ) -> Matched:
     """Match one query with ``K`` references in one batched float64 :func:`diml.ot.match` call.
@@ -75,19 +75,19 @@ def match_query(
         q_local: ``(C, R)`` query cell embeddings; ``q_global``: ``(C,)``.
         r_local: ``(K, C, R)`` reference cell embeddings; ``r_global``: ``(K, C)`` (none need be normalised).
         grid: cells per side, ``grid * grid == R``.
-        eps, marginals, ot_options: options of :func:`diml.ot.match` (``ot_options`` e.g. ``max_iter``, ``tol``).
+        ot: :class:`~diml.ot.OTOptions` of :func:`diml.ot.match`.
         device: where to solve.
 
     Returns:
         :class:`Matched` with ``K`` entries.
     """
     _check_inputs(q_local, q_global, r_local, r_global, grid)
+    ot = as_options(ot)
     device = torch.device(device)
     q_local, q_global = q_local.to(device, torch.float64), q_global.to(device, torch.float64)
     r_local, r_global = r_local.to(device, torch.float64), r_global.to(device, torch.float64)
     with torch.no_grad():
-        result = match(q_local[None], q_global[None], r_local, r_global, eps=eps, marginals=marginals,
-                       **(ot_options or {}))
+        result = match(q_local[None], q_global[None], r_local, r_global, ot=ot)
         cosine = F.normalize(r_global, dim=1) @ F.normalize(q_global, dim=0)
 
     def host(x: torch.Tensor) -> np.ndarray:
@@ -114,7 +114,7 @@ def exact_plan(a: np.ndarray, b: np.ndarray, cell_sim: np.ndarray) -> np.ndarray
 
 
 def explanation_at(
-    matched: Matched, k: int, *, grid: int, eps: float, marginals: str, top: int = 5, exact: bool = False,
+    matched: Matched, k: int, *, grid: int, ot: OTOptions, top: int = 5, exact: bool = False,
     query_id: Any = None, ref_id: Any = None,
 ) -> Explanation:
     """The :class:`Explanation` of reference ``k`` of ``matched`` (see :func:`match_query`)."""
@@ -125,7 +125,7 @@ def explanation_at(
     return Explanation(
         grid=grid, similarity=total, plan=plan, cell_sim=cell_sim, contributions=contributions,
         query_weights=matched.a[k], ref_weights=matched.b[k], top_pairs=top_pairs(plan, cell_sim, grid, top, total),
-        eps=float(eps), marginals=marginals, global_similarity=float(matched.global_similarity[k]),
+        eps=float(ot.eps), marginals=ot.marginals, global_similarity=float(matched.global_similarity[k]),
         query_id=query_id, ref_id=ref_id, exact_plan=exact_t,
         exact_similarity=None if exact_t is None else float((exact_t * cell_sim).sum()),
     )
@@ -143,13 +143,11 @@ def explain_pair(
     r_global: torch.Tensor,
     *,
     grid: int,
-    eps: float = 0.05,
-    marginals: str = "cross_attention",
+    ot: OTOptions = OTOptions(),
     top: int = 5,
     exact: bool = False,
     query_id: Any = None,
     ref_id: Any = None,
-    ot_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> Explanation:
     """Explain the structural similarity of a query and a reference image from their embeddings.
@@ -158,11 +156,11 @@ def explain_pair(
         q_local: ``(C, R)`` query cell embeddings (``R = grid * grid``, row-major); ``q_global``: ``(C,)``.
         r_local: ``(C, R)`` reference cell embeddings; ``r_global``: ``(C,)``. None need be normalised.
         grid: cells per side.
-        eps: entropic regularisation of the plan; ``marginals``: ``"cross_attention"`` or ``"uniform"``.
+        ot: :class:`~diml.ot.OTOptions` of the matching (``eps``: entropic regularisation of the plan,
+            ``marginals``: ``"cross_attention"`` or ``"uniform"``, the solver's options).
         top: how many of the largest cell-pair contributions to list.
         exact: also compute the unregularised plan (POT ``ot.emd``) and its similarity.
         query_id, ref_id: identifiers stored in the explanation (e.g. image paths).
-        ot_options: further options of :func:`diml.ot.match` (e.g. ``max_iter``, ``tol``).
         device: where to solve.
 
     Returns:
@@ -174,9 +172,8 @@ def explain_pair(
                          f"{tuple(getattr(r_local, 'shape', ()))}")
     if not isinstance(r_global, torch.Tensor) or r_global.ndim != 1:
         raise ValueError(f"r_global must be a (C,) tensor, got {tuple(getattr(r_global, 'shape', ()))}")
-    matched = match_query(q_local, q_global, r_local[None], r_global[None], grid=grid, eps=eps, marginals=marginals,
-                          ot_options=ot_options, device=device)
-    return explanation_at(matched, 0, grid=grid, eps=eps, marginals=marginals, top=top, exact=exact,
+    matched = match_query(q_local, q_global, r_local[None], r_global[None], grid=grid, ot=ot, device=device)
+    return explanation_at(matched, 0, grid=grid, ot=ot, top=top, exact=exact,
                           query_id=query_id, ref_id=ref_id)
 
 
@@ -196,8 +193,7 @@ def explain_images(
         image_a, image_b: PIL images (transformed with ``eval_transform(image_size)``) or ``(3, S, S)`` tensors.
         image_size: the model input size for PIL images.
         device: where the model and the matching run.
-        options: keyword options of :func:`explain_pair` (``eps``, ``marginals``, ``top``, ``exact``, ``query_id``,
-            ``ref_id``, ``ot_options``).
+        options: keyword options of :func:`explain_pair` (``ot``, ``top``, ``exact``, ``query_id``, ``ref_id``).
     """
     grid = getattr(unwrap_model(model), "grid", None)
     if grid is None:

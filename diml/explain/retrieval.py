@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diml.evaluation.retrieval import global_top, rerank_depths
 from diml.explain.explanation import Explanation
 from diml.explain.pair import explanation_at, match_query
+from diml.ot import OTOptions
 
 
 class RankedItem(NamedTuple):
@@ -54,12 +55,10 @@ def rank_query(
     grid: int,
     top: int = 5,
     depth: int = 10,
-    eps: float = 0.05,
-    marginals: str = "cross_attention",
+    ot: OTOptions = OTOptions(),
     ids: Sequence[Any] | None = None,
     pairs: int = 5,
     exact: bool = False,
-    ot_options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> QueryRanking:
     """Rank the set against its row ``query_index`` (excluded from its own results), globally and with DIML.
@@ -74,7 +73,7 @@ def rank_query(
             ``max(top, depth)`` global candidates.
         ids: ``N`` image identifiers stored in the explanations.
         pairs: matched cell pairs listed in each explanation; ``exact``: add the unregularised plan.
-        eps, marginals, ot_options, device: options of the matching.
+        ot: :class:`~diml.ot.OTOptions` of the matching; device: where it runs.
 
     Returns:
         :class:`QueryRanking`.
@@ -96,7 +95,7 @@ def rank_query(
     normalised = F.normalize(global_emb.float(), dim=1)
     _, cand = global_top(normalised[query_index:query_index + 1], normalised, torch.tensor([query_index]), length)
     matched = match_query(local_emb[query_index], global_emb[query_index], local_emb[cand[0]], global_emb[cand[0]],
-                          grid=grid, eps=eps, marginals=marginals, ot_options=ot_options, device=device)
+                          grid=grid, ot=ot, device=device)
     structural = torch.from_numpy(matched.similarity)[None]
     reranked = rerank_depths(cand, torch.from_numpy(matched.global_similarity)[None], structural, [depth])[depth]
     position = {int(index): k for k, index in enumerate(cand[0].tolist())}
@@ -105,7 +104,7 @@ def rank_query(
     def item(index: int) -> RankedItem:
         if index not in cache:
             k = position[index]
-            explanation = explanation_at(matched, k, grid=grid, eps=eps, marginals=marginals, top=pairs, exact=exact,
+            explanation = explanation_at(matched, k, grid=grid, ot=ot, top=pairs, exact=exact,
                                          query_id=None if ids is None else ids[query_index],
                                          ref_id=None if ids is None else ids[index])
             glob = float(matched.global_similarity[k])

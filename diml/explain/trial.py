@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from diml.explain.flow import plot_matching_flow
-from diml.explain.images import unwrap_model
+from diml.distributed import unwrap_model
 from diml.explain.page import index_html
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import QueryRanking, RankedItem, rank_query
+from diml.ot import OTOptions
 
 INDEX = "index.html"
 
@@ -92,8 +93,7 @@ def write_trial_explanations(
     seed: int = 0,
     top: int = 5,
     depth: int = 10,
-    eps: float = 0.05,
-    marginals: str = "cross_attention",
+    ot: OTOptions = OTOptions(),
     device: str | torch.device = "cpu",
 ) -> list[pathlib.Path]:
     """Explain ``n_queries`` seeded test queries: per query a retrieval panel, the matching flow of its top result
@@ -107,7 +107,7 @@ def write_trial_explanations(
         out_dir: folder to write (created).
         n_queries: queries explained (chosen by ``seed`` among images with a positive, see :func:`choose_queries`).
         top: results per ranking; depth: candidates re-ranked by DIML (as in the evaluation).
-        eps, marginals: options of the structural similarity.
+        ot: :class:`~diml.ot.OTOptions` of the structural similarity.
         device: where the matching runs.
 
     Returns:
@@ -120,8 +120,8 @@ def write_trial_explanations(
     ids = _Ids(dataset)
     written, records = [], []
     for number, query in enumerate(choose_queries(labels, n_queries, seed)):
-        ranking = rank_query(global_emb, local_emb, query, grid=grid, top=top, depth=depth, eps=eps,
-                             marginals=marginals, ids=ids, device=device)
+        ranking = rank_query(global_emb, local_emb, query, grid=grid, top=top, depth=depth, ot=ot, ids=ids,
+                             device=device)
         query_image = dataset.load_image(query)
         relevant = {i.index: bool(labels[i.index] == labels[query]) for i in ranking.before + ranking.after}
         stem = f"q{number:02d}"
@@ -136,5 +136,5 @@ def write_trial_explanations(
         written += [panel, flow, record_path]
         records.append((stem, record))
     index = out / INDEX
-    index.write_text(index_html(records, {"eps": eps, "marginals": marginals, "depth": depth, "seed": seed}, out))
+    index.write_text(index_html(records, {"eps": ot.eps, "marginals": ot.marginals, "depth": depth, "seed": seed}, out))
     return written + [index]

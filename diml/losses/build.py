@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diml.options import OTOptions, as_options
+
 from .catalog import LOSSES
 from .miners import MINERS
 from .registry import resolve_params
-from .structural import StructuralDistance, StructuralSimilarity, check_ot_options, pack_embeddings
+from .structural import StructuralDistance, StructuralSimilarity, pack_embeddings
 
 SIMILARITIES = ("global", "diml")
 
@@ -85,10 +87,10 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an int >= 1 (got {value!r})")
 
 
-def _structural_distance(metric: str, ot_options: dict):
+def _structural_distance(metric: str, ot: OTOptions):
     if metric == "cosine":
-        return StructuralSimilarity(ot_options=ot_options)
-    return StructuralDistance(ot_options=ot_options, cell_distance=metric)
+        return StructuralSimilarity(ot=ot)
+    return StructuralDistance(ot=ot, cell_distance=metric)
 
 
 def build_loss(
@@ -100,7 +102,7 @@ def build_loss(
     embed_dim: int,
     miner: str | None = None,
     miner_params: dict | None = None,
-    ot: dict | None = None,
+    ot: OTOptions = OTOptions(),
 ) -> MetricLoss:
     """Build loss ``name`` with hyperparameters ``params`` (unset ones take the defaults of :data:`LOSSES`).
 
@@ -111,8 +113,8 @@ def build_loss(
             ``[0, num_classes)``.
         embed_dim: ``D``.
         miner: a name from :func:`list_miners` (only for losses that take mined indices) with ``miner_params``.
-        ot: options of :func:`diml.ot.match` (``eps``, ``marginals``, ``max_iter``, ``tol``, ``grad``); always
-            validated, used only with ``similarity="diml"``.
+        ot: :class:`~diml.ot.OTOptions` of :func:`diml.ot.match`; used only with ``similarity="diml"`` (a
+            training run uses :data:`diml.ot.TRIAL_TRAINING_OT`).
     Raises:
         ValueError: unknown name / hyperparameter, invalid value, or an impossible combination.
     """
@@ -121,11 +123,11 @@ def build_loss(
     resolved = check_loss(name, params, similarity=similarity, miner=miner, miner_params=miner_params)
     entry = LOSSES.get(name)
     metric = entry.info["metric"]
-    ot_options = check_ot_options(ot)
+    ot = as_options(ot)
     miner_module = _build_miner(miner, miner_params)
     loss_module = entry.factory(**resolved, num_classes=num_classes, embed_dim=embed_dim)
     if similarity == "diml":
-        loss_module.distance = _structural_distance(metric, ot_options)
+        loss_module.distance = _structural_distance(metric, ot)
     # A triplet loss with ``swap`` also reads the positive-negative distance, outside the mined pairs.
     mined_pairs_only = entry.info.get("mined_pairs_only", False) and not resolved.get("swap", False)
     return MetricLoss(name, loss_module, miner_module, similarity=similarity, num_classes=num_classes,

@@ -48,13 +48,13 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import BaseDistance
 
 from diml import ot as diml_ot
+from diml.options import OTOptions, as_options
 
 GLOBAL_SLOT = 0
 # Squared distances below this count as 0 (see euclidean_from_cosine): exact above 1e-4, bounded gradient at 0.
 MIN_SQUARED_DISTANCE = 1e-8
 # SNR denominators (the variance of a normalised vector) are clamped here; a constant vector has variance 0.
 MIN_VARIANCE = 1e-12
-OT_KEYS = ("eps", "marginals", "max_iter", "tol", "grad", "newton_steps", "check_every")
 
 
 def pack_embeddings(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
@@ -102,17 +102,6 @@ def snr_matrix(query: torch.Tensor, ref: torch.Tensor, *, aligned: bool = False)
     return torch.clamp(q_sq + r_sq - 2.0 * cross, min=0.0) / torch.clamp(q_sq, min=MIN_VARIANCE)
 
 
-def check_ot_options(options: dict | None) -> dict:
-    """Validate the ``ot`` dict (keys :data:`OT_KEYS`) and return a copy; values are checked by a tiny solve."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OT_KEYS))
-    if unknown:
-        raise ValueError(f"ot has no option {unknown[0]!r}; allowed: {list(OT_KEYS)}")
-    probe = torch.ones(1, 1, 1)
-    diml_ot.match(probe, probe[:, :, 0], probe, probe[:, :, 0], **options)  # raises ValueError naming a bad option
-    return options
-
-
 class PairTerms(NamedTuple):
     """What a structural formula needs for a set of pairs ``P``: ``(Nq, Nr)`` (all pairs) or ``(K,)`` (aligned).
 
@@ -155,9 +144,9 @@ class _Structural(BaseDistance):
     (margin, triplet, contrastive, SNR with a miner) then costs ``O(pairs)`` instead of ``O(N^2)`` problems.
     """
 
-    def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
+    def __init__(self, *, ot: OTOptions = OTOptions(), include_global: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.ot_options = check_ot_options(ot_options)
+        self.ot = as_options(ot)
         self.include_global = include_global
         self._pairs = None
 
@@ -189,7 +178,7 @@ class _Structural(BaseDistance):
             return self._compute_pairs(query_emb, ref_emb, *self._pairs)
         q_global, q_local = unpack_embeddings(query_emb)
         r_global, r_local = unpack_embeddings(ref_emb)
-        m = diml_ot.match(q_local, q_global, r_local, r_global, **self.ot_options)
+        m = diml_ot.match(q_local, q_global, r_local, r_global, ot=self.ot)
         return self.combine(PairTerms(m.plan, m.cell_sim, q_global, q_local, r_global, r_local, aligned=False))
 
     def _compute_pairs(self, query_emb, ref_emb, rows, cols):
@@ -202,8 +191,7 @@ class _Structural(BaseDistance):
         """Aligned pairs ``(K, D, R + 1)`` x ``(K, D, R + 1)`` -> ``(K,)`` (one OT problem per pair)."""
         q_global, q_local = unpack_embeddings(query_emb)
         r_global, r_local = unpack_embeddings(ref_emb)
-        m = diml_ot.match_candidates(q_local, q_global, r_local.unsqueeze(1), r_global.unsqueeze(1),
-                                     **self.ot_options)
+        m = diml_ot.match_candidates(q_local, q_global, r_local.unsqueeze(1), r_global.unsqueeze(1), ot=self.ot)
         return self.combine(PairTerms(m.plan[:, 0], m.cell_sim[:, 0], q_global, q_local, r_global, r_local,
                                       aligned=True))
 
@@ -215,13 +203,12 @@ class StructuralSimilarity(_Structural):
     """Structural similarity ``sum_ij T_ij (S_ij + s_g) / 2`` (inverted: larger is more similar).
 
     Args:
-        ot_options: keyword options of :func:`diml.ot.match` (``eps``, ``marginals``, ``max_iter``, ``tol``,
-            ``grad``, ``newton_steps``, ``check_every``).
+        ot: :class:`~diml.ot.OTOptions` of :func:`diml.ot.match`.
         include_global: ``False`` gives ``sum_ij T_ij S_ij``.
     """
 
-    def __init__(self, *, ot_options: dict | None = None, include_global: bool = True, **kwargs):
-        super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=True, **kwargs)
+    def __init__(self, *, ot: OTOptions = OTOptions(), include_global: bool = True, **kwargs):
+        super().__init__(ot=ot, include_global=include_global, is_inverted=True, **kwargs)
 
     def combine(self, terms: PairTerms) -> torch.Tensor:
         plan, cell_sim = terms.plan, terms.cell_sim
@@ -235,7 +222,7 @@ class StructuralDistance(_Structural):
     """Structural distance ``(sum_ij T_ij d_ij + d_g) / 2`` (not inverted).
 
     Args:
-        ot_options: keyword options of :func:`diml.ot.match`.
+        ot: :class:`~diml.ot.OTOptions` of :func:`diml.ot.match`.
         include_global: ``False`` gives ``sum_ij T_ij d_ij``.
         cell_distance: ``"euclidean"`` (``sqrt(2 - 2 cos)`` of normalised vectors; margin-DIML) or ``"snr"``
             (PML's signal-to-noise-ratio distance of normalised vectors).
@@ -246,14 +233,14 @@ class StructuralDistance(_Structural):
     def __init__(
         self,
         *,
-        ot_options: dict | None = None,
+        ot: OTOptions = OTOptions(),
         include_global: bool = True,
         cell_distance: str = "euclidean",
         **kwargs,
     ):
         if cell_distance not in self.CELL_DISTANCES:
             raise ValueError(f"cell_distance must be one of {self.CELL_DISTANCES} (got {cell_distance!r})")
-        super().__init__(ot_options=ot_options, include_global=include_global, is_inverted=False, **kwargs)
+        super().__init__(ot=ot, include_global=include_global, is_inverted=False, **kwargs)
         self.cell_distance = cell_distance
 
     def combine(self, terms: PairTerms) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """DIML models: torchvision backbones keeping their spatial map, grid pooling and a shared 1x1-conv embedding head.
 
 ``build_model(backbone, ...) -> DIMLModel``; ``DIMLModel(images (B, 3, H, W)) -> Embeddings(global_emb (B, D),
-local_emb (B, D, R))`` with ``R = grid * grid`` row-major cells.
+local_emb (B, D, R))`` with ``R = grid * grid`` row-major cells.  :mod:`diml.models.checkpoint` is the one checkpoint
+format of a trained model (:func:`save_checkpoint`, :func:`read_checkpoint`, :func:`load_checkpoint`).
 """
 
 from diml.models.backbones import (
@@ -12,6 +13,7 @@ from diml.models.backbones import (
     list_backbones,
     register_backbone,
 )
+from diml.models.checkpoint import load_checkpoint, model_config, read_checkpoint, save_checkpoint
 from diml.models.model import DIMLModel, Embeddings, build_model, pool_to_grid
 
 __all__ = [
@@ -23,6 +25,10 @@ __all__ = [
     "build_model",
     "get_backbone_entry",
     "list_backbones",
+    "load_checkpoint",
+    "model_config",
     "pool_to_grid",
+    "read_checkpoint",
     "register_backbone",
+    "save_checkpoint",
 ]

@@ -71,9 +71,10 @@ def get_backbone_entry(name: str) -> BackboneEntry:
     return _REGISTRY[name]
 
 
-# ImageNet-normalised input -> the (x - 0.5) / 0.5 input torchvision's GoogLeNet / Inception weights expect.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# The ImageNet statistics every pretrained backbone here expects its input normalised with (diml.data's transforms
+# apply them); GoogLeNet / Inception re-normalise that input to the (x - 0.5) / 0.5 their torchvision weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SequentialFeatures(nn.Module):
@@ -89,8 +90,8 @@ class SequentialFeatures(nn.Module):
         for name in self.names:
             self.add_module(name, getattr(tv_model, name))
         self.transform_input = transform_input
-        std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
-        mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.register_buffer("_scale", std / 0.5, persistent=False)
         self.register_buffer("_shift", (mean - 0.5) / 0.5, persistent=False)
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from diml.ot import _options
 from diml.ot._scaling import LogKernel
+from diml.options import OTOptions, as_options
 from diml.ot.sinkhorn import solve
 
 
@@ -199,7 +200,7 @@ def _cell_norms(cells: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(cells, cells, dim=1).sqrt_()
 
 
-def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad) -> Matching:
+def solve_pairs(cell_sim, a, b, ot: OTOptions) -> Matching:
     """Solve the OT problems of ``cell_sim (*P, R, R)`` with marginals ``a, b (*P, R)`` and assemble a Matching.
 
     The log-kernel ``(S - 1) / eps`` spans at most ``2 / eps``, so for ``eps >= 1/30`` the kernel is built with a
@@ -215,8 +216,8 @@ def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every
         if largest > 1.0 + 1e-3:
             raise ValueError(f"cell cosine similarities reach {largest:.3g}, beyond [-1, 1]: embeddings passed with "
                              "normalized=True must be L2-normalised along C; drop normalized=True")
-    res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), eps=float(eps),
-                max_iter=max_iter, tol=float(tol), newton_steps=newton_steps, check_every=check_every, grad=grad,
+    eps = ot.eps
+    res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), ot,
                 direct=2.0 / eps <= 60.0)
     plan = res.plan.view(*batch_shape, r, r)
     similarity = torch.linalg.vecdot(plan.reshape(-1, r * r), flat.reshape(-1, r * r)).view(batch_shape)
@@ -224,41 +225,30 @@ def solve_pairs(cell_sim, a, b, *, eps, max_iter, tol, newton_steps, check_every
                     res.marginal_error.view(batch_shape))
 
 
-def match(q_local, q_global, r_local, r_global, *, eps=_options.EPS, marginals=_options.MARGINALS,
-          max_iter=_options.MAX_ITER, tol=_options.TOL, newton_steps=_options.NEWTON_STEPS,
-          check_every=_options.CHECK_EVERY, grad=_options.GRAD) -> Matching:
+def match(q_local, q_global, r_local, r_global, *, ot: OTOptions = OTOptions()) -> Matching:
     """Structural matching of every query with every reference (all ``Nq x Nr`` pairs at once, no chunking).
 
     Args:
         q_local: ``(Nq, C, R)`` query cell embeddings; ``q_global``: ``(Nq, C)``.
         r_local: ``(Nr, C, R)`` reference cell embeddings; ``r_global``: ``(Nr, C)``.  Nothing needs normalising.
-        eps, max_iter, tol, newton_steps, check_every, grad: see :func:`diml.ot.sinkhorn`.
-        marginals: ``"cross_attention"`` (paper) or ``"uniform"``.
+        ot: :class:`~diml.ot.OTOptions` (``marginals``: ``"cross_attention"`` (paper) or ``"uniform"``; the
+            solver's options: see :func:`diml.ot.sinkhorn`).
 
     Returns: :class:`Matching` with ``(Nq, Nr, ...)`` fields.  Memory is ``O(Nq Nr R^2)``; for similarities only
     use :func:`structural_similarity`, which chunks.
     """
-    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    ot = as_options(ot)
     qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
-    cell_sim, a, b = pair_terms_all(qn, qg, rn, rg, marginals)
-    return solve_pairs(cell_sim, a, b, **opts)
+    cell_sim, a, b = pair_terms_all(qn, qg, rn, rg, ot.marginals)
+    return solve_pairs(cell_sim, a, b, ot)
 
 
-def match_candidates(q_local, q_global, c_local, c_global, *, eps=_options.EPS, marginals=_options.MARGINALS,
-                     max_iter=_options.MAX_ITER, tol=_options.TOL, newton_steps=_options.NEWTON_STEPS,
-                     check_every=_options.CHECK_EVERY, grad=_options.GRAD) -> Matching:
+def match_candidates(q_local, q_global, c_local, c_global, *, ot: OTOptions = OTOptions()) -> Matching:
     """Like :func:`match` for per-query candidates ``c_local (Nq, K, C, R)``, ``c_global (Nq, K, C)``.
 
     Returns: :class:`Matching` with ``(Nq, K, ...)`` fields.
     """
-    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    ot = as_options(ot)
     qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True)
-    cell_sim, a, b = pair_terms_candidates(qn, qg, cn, cg, marginals)
-    return solve_pairs(cell_sim, a, b, **opts)
-
-
-def _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad) -> dict:
-    _options.check_solver_options(eps=eps, max_iter=max_iter, tol=tol, grad=grad, newton_steps=newton_steps,
-                                  check_every=check_every)
-    _options.check_marginals(marginals)
-    return dict(eps=eps, max_iter=max_iter, tol=tol, newton_steps=newton_steps, check_every=check_every, grad=grad)
+    cell_sim, a, b = pair_terms_candidates(qn, qg, cn, cg, ot.marginals)
+    return solve_pairs(cell_sim, a, b, ot)

@@ -16,25 +16,24 @@ from __future__ import annotations
 import torch
 
 from diml.ot import _options
-from diml.ot.matching import _check, _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
+from diml.options import OTOptions, as_options
+from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
 
 DEFAULT_CHUNK_SIZE = 8192
 
 
-def structural_similarity(q_local, q_global, r_local, r_global, *, eps=_options.EPS, marginals=_options.MARGINALS,
-                          max_iter=_options.MAX_ITER, tol=_options.TOL, newton_steps=_options.NEWTON_STEPS,
-                          check_every=_options.CHECK_EVERY, grad=_options.GRAD,
-                          chunk_size=DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions = OTOptions(),
+                          chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """DIML similarity of every query with every reference.
 
     Args:
         q_local: ``(Nq, C, R)``; q_global: ``(Nq, C)``; r_local: ``(Nr, C, R)``; r_global: ``(Nr, C)`` (unnormalised).
+        ot: :class:`~diml.ot.OTOptions` (see :func:`diml.ot.match`).
         chunk_size: maximal number of pairs solved at once (memory bound).
-        Other options: see :func:`diml.ot.match`.
 
     Returns: ``(Nq, Nr)`` similarities in the working dtype (float32, or float64 for float64 inputs).
     """
-    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    ot = as_options(ot)
     _options.check_chunk_size(chunk_size)
     qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
     nq, nr = qn.shape[0], rn.shape[0]
@@ -45,21 +44,19 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, eps=_options.
         cols = []
         for r0 in range(0, nr, r_step):
             terms = pair_terms_all(qn[q0:q0 + q_step], qg[q0:q0 + q_step], rn[r0:r0 + r_step], rg[r0:r0 + r_step],
-                                   marginals)
-            cols.append(solve_pairs(*terms, **opts).similarity)
+                                   ot.marginals)
+            cols.append(solve_pairs(*terms, ot).similarity)
         rows.append(torch.cat(cols, 1) if cols else qn.new_zeros((min(q_step, nq - q0), 0)))
     return torch.cat(rows, 0) if rows else qn.new_zeros((0, nr))
 
 
-def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, eps=_options.EPS,
-                                     marginals=_options.MARGINALS, max_iter=_options.MAX_ITER, tol=_options.TOL,
-                                     newton_steps=_options.NEWTON_STEPS, check_every=_options.CHECK_EVERY,
-                                     grad=_options.GRAD, chunk_size=DEFAULT_CHUNK_SIZE,
-                                     normalized=False) -> torch.Tensor:
+def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ot: OTOptions = OTOptions(),
+                                     chunk_size: int = DEFAULT_CHUNK_SIZE, normalized: bool = False) -> torch.Tensor:
     """DIML similarity of each query with its own ``K`` candidates (the re-ranking form).
 
     Args:
         q_local: ``(Nq, C, R)``; q_global: ``(Nq, C)``; c_local: ``(Nq, K, C, R)``; c_global: ``(Nq, K, C)``.
+        ot: :class:`~diml.ot.OTOptions` (see :func:`diml.ot.match`).
         chunk_size: maximal number of pairs solved at once (rounded to whole queries, at least one query).
         normalized: every cell and global vector is already L2-normalised along ``C`` (e.g. a gallery normalised
             once before re-ranking): skip the normalisation, which is a large part of the time for one candidate
@@ -68,7 +65,7 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ep
 
     Returns: ``(Nq, K)`` similarities.
     """
-    opts = _check(eps, marginals, max_iter, tol, newton_steps, check_every, grad)
+    ot = as_options(ot)
     _options.check_chunk_size(chunk_size)
     if not isinstance(normalized, bool):
         raise ValueError(f"normalized must be True or False (got {normalized!r})")
@@ -76,5 +73,5 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ep
     nq, k = cn.shape[:2]
     step = max(1, chunk_size // max(k, 1))
     out = [solve_pairs(*pair_terms_candidates(qn[s:s + step], qg[s:s + step], cn[s:s + step], cg[s:s + step],
-                                              marginals, normalized), **opts).similarity for s in range(0, nq, step)]
+                                              ot.marginals, normalized), ot).similarity for s in range(0, nq, step)]
     return torch.cat(out, 0) if out else qn.new_zeros((0, k))

@@ -54,6 +54,7 @@ from diml.ot._scaling import (
     scaling_phase,
 )
 from diml.ot.newton import gibbs_plan, newton_step
+from diml.options import OTOptions, as_options
 
 
 class SinkhornResult(NamedTuple):
@@ -83,18 +84,7 @@ class SinkhornResult(NamedTuple):
     problem_newton_steps: torch.Tensor
 
 
-def sinkhorn(
-    cost: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    eps: float,
-    max_iter: int = _options.MAX_ITER,
-    tol: float = _options.TOL,
-    newton_steps: int = _options.NEWTON_STEPS,
-    check_every: int = _options.CHECK_EVERY,
-    grad: str = _options.GRAD,
-) -> SinkhornResult:
+def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, ot: OTOptions = OTOptions()) -> SinkhornResult:
     """Solve ``B`` entropic OT problems at once (see the module docstring for the method).
 
     Args:
@@ -102,24 +92,20 @@ def sinkhorn(
         a: ``(B, n)`` non-negative row marginals; ``b``: ``(B, m)`` column marginals with the same mass per problem
             (to 1e-3 relative, 8 machine epsilons for bfloat16; ``b`` is rescaled to the mass of ``a`` so that tight
             tolerances are reachable).
-        eps: entropic regularisation :math:`\\varepsilon` (kernel ``exp(-C / eps)``).
-        max_iter: Sinkhorn iterations before the unconverged problems switch to the Newton polish.
-        tol: target marginal error ``|T 1 - a|_1 + |T^T 1 - b|_1`` per problem.
-        newton_steps: maximal float64 Newton steps for problems Sinkhorn did not converge (0 disables).
-        check_every: iterations between two convergence checks (each check is one host sync).
-        grad: ``"plan_constant"`` (the returned plan carries no gradient) or ``"autodiff"`` (differentiate through
-            every iteration, the compaction and the Newton steps).
+        ot: :class:`~diml.ot.OTOptions`: ``eps`` (kernel ``exp(-C / eps)``), ``max_iter`` (Sinkhorn iterations
+            before the unconverged problems switch to the Newton polish), ``tol`` (target marginal error
+            ``|T 1 - a|_1 + |T^T 1 - b|_1`` per problem), ``newton_steps`` (0 disables the polish),
+            ``check_every`` (iterations between two convergence checks, each one host sync) and ``grad``
+            (``"plan_constant"``: the plan carries no gradient; ``"autodiff"``: differentiate through every
+            iteration, the compaction and the Newton steps).  ``ot.marginals`` is not used (``a`` and ``b`` are).
 
     Returns: :class:`SinkhornResult`.  Half-precision inputs are solved and returned in float32, float64 in float64.
     """
-    _options.check_solver_options(
-        eps=eps, max_iter=max_iter, tol=tol, grad=grad, newton_steps=newton_steps, check_every=check_every
-    )
+    ot = as_options(ot)
     _check_problem(cost, a, b)
     dtype = _options.working_dtype(cost, a, b)
-    lk = LogKernel(cost.to(dtype), -1.0 / float(eps), 0.0)
-    return solve(lk, a.to(dtype), b.to(dtype), eps=float(eps), max_iter=max_iter, tol=float(tol),
-                 newton_steps=newton_steps, check_every=check_every, grad=grad, direct=False)
+    lk = LogKernel(cost.to(dtype), -1.0 / float(ot.eps), 0.0)
+    return solve(lk, a.to(dtype), b.to(dtype), ot, direct=False)
 
 
 def _check_problem(cost, a, b) -> None:
@@ -145,12 +131,14 @@ def _check_problem(cost, a, b) -> None:
         raise ValueError("a and b must have the same positive mass per problem; normalise both to sum to 1")
 
 
-def solve(lk: LogKernel, a, b, *, eps, max_iter, tol, newton_steps, check_every, grad, direct) -> SinkhornResult:
+def solve(lk: LogKernel, a, b, ot: OTOptions, *, direct: bool) -> SinkhornResult:
     """Validated-input core shared by :func:`sinkhorn` and :mod:`diml.ot.matching` (``lk``: the log-kernel source).
 
     ``direct=True`` promises that ``log K`` spans less than ~60 so the kernel is ``exp(log K)`` without shifts.
     """
-    differentiable = grad == "autodiff" and torch.is_grad_enabled()
+    eps, tol = float(ot.eps), float(ot.tol)
+    max_iter, newton_steps, check_every = ot.max_iter, ot.newton_steps, ot.check_every
+    differentiable = ot.grad == "autodiff" and torch.is_grad_enabled()
     with torch.set_grad_enabled(differentiable):
         if not differentiable:
             lk, a, b = LogKernel(lk.source.detach(), lk.scale, lk.shift), a.detach(), b.detach()

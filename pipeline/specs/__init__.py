@@ -26,8 +26,6 @@ from pipeline.specs.launch import (
 )
 from pipeline.specs.trial import (
     DATASETS,
-    METRIC_NAMES,
-    TRAINING_OT,
     BatchSpec,
     DataSpec,
     EvaluationSpec,
@@ -42,7 +40,7 @@ from pipeline.specs.trial import (
 )
 
 __all__ = [
-    "DATASETS", "GRID_KEYS", "LAUNCH_KEYS", "METRIC_NAMES", "MOVED", "TRAINING_OT", "BatchSpec", "DataSpec",
+    "DATASETS", "GRID_KEYS", "LAUNCH_KEYS", "MOVED", "BatchSpec", "DataSpec",
     "EvaluationSpec", "GridSpec", "LaunchOptions", "LaunchSpec", "LossSpec", "ModelSpec", "OTSpec", "OptimizerSpec",
     "Override", "ResourcesSpec", "RunSpec", "ScheduleSpec", "SchedulerSpec", "SearchDim", "SearchSpec", "Strict",
     "SyntheticSpec", "TrackingSpec", "TrialLaunch", "expand_env",

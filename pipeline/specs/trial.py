@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from diml import names
+from diml.options import MARGINAL_MODES, TRIAL_EVALUATION_OT, TRIAL_TRAINING_OT
 from pipeline.specs.common import NAME_PATTERN, Strict, expand_env
 
 DATASETS = ("synthetic", "cub200", "cars196", "sop", "folder")
@@ -93,20 +95,24 @@ class ModelSpec(Strict):
 
 
 class OTSpec(Strict):
-    """Entropic optimal transport of the structural similarity (paper: eps 0.05, cross-attention marginals)."""
+    """Entropic optimal transport of the structural similarity (:class:`diml.ot.OTOptions`, whose ``grad`` stays
+    ``plan_constant``).  Defaults: :data:`diml.ot.TRIAL_EVALUATION_OT` (the paper's eps and cross-attention
+    marginals); a loss's ``ot`` defaults to :data:`diml.ot.TRIAL_TRAINING_OT`."""
 
-    eps: float = Field(0.05, gt=0.0, le=10.0)
-    marginals: Literal["cross_attention", "uniform"] = "cross_attention"
-    max_iter: int = Field(200, ge=1, le=100000, description="Sinkhorn iterations before the Newton polish")
-    tol: float = Field(1e-6, gt=0.0, lt=1.0, description="marginal-error tolerance")
-    check_every: int = Field(5, ge=1, le=1000, description="Sinkhorn iterations between convergence checks")
-    newton_steps: int = Field(30, ge=0, le=1000, description="most Newton steps for slowly converging problems")
+    eps: float = Field(TRIAL_EVALUATION_OT.eps, gt=0.0, le=10.0)
+    marginals: Literal[MARGINAL_MODES] = TRIAL_EVALUATION_OT.marginals
+    max_iter: int = Field(TRIAL_EVALUATION_OT.max_iter, ge=1, le=100000,
+                          description="Sinkhorn iterations before the Newton polish")
+    tol: float = Field(TRIAL_EVALUATION_OT.tol, gt=0.0, lt=1.0, description="marginal-error tolerance")
+    check_every: int = Field(TRIAL_EVALUATION_OT.check_every, ge=1, le=1000,
+                             description="Sinkhorn iterations between convergence checks")
+    newton_steps: int = Field(TRIAL_EVALUATION_OT.newton_steps, ge=0, le=1000,
+                              description="most Newton steps for slowly converging problems")
 
-
-# Inside training losses the plan is a constant for the gradient, so it is solved to a marginal error of 1e-4;
-# evaluation keeps the exact default (1e-6). (Checking every 10 iterations with at most 5 Newton steps cut the
-# CPU operation count by 30 % but measured no faster on an H100: benchmarks/results/h100-4.)
-TRAINING_OT = {"tol": 1e-4}
+    @classmethod
+    def of(cls, options) -> "OTSpec":
+        """The spec section holding :class:`diml.ot.OTOptions` ``options`` (all but ``grad``)."""
+        return cls(**{k: v for k, v in options.as_dict().items() if k in cls.model_fields})
 
 
 class LossSpec(Strict):
@@ -117,8 +123,8 @@ class LossSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters of the loss")
     miner: str | None = None
     miner_params: dict[str, Any] = Field(default_factory=dict)
-    ot: OTSpec = Field(default_factory=lambda: OTSpec(**TRAINING_OT),
-                       description="OT inside the loss (defaults: TRAINING_OT)")
+    ot: OTSpec = Field(default_factory=lambda: OTSpec.of(TRIAL_TRAINING_OT),
+                       description="OT inside the loss (defaults: diml.ot.TRIAL_TRAINING_OT)")
 
     @field_validator("name")
     @classmethod
@@ -185,7 +191,8 @@ class EvaluationSpec(Strict):
     selection_split: Literal["auto", "val", "test"] = Field(
         "auto", description="split that selects the best epoch; auto: val when data.val_fraction > 0, else test"
     )
-    selection_metric: str = Field("global/R_at_1", description="ranking/metric used to pick the best epoch")
+    selection_metric: str = Field(names.selection_name(names.GLOBAL, names.recall_key(1)),
+                                  description="ranking/metric used to pick the best epoch")
     batch_size: int = Field(128, ge=1)
     ot: OTSpec = Field(default_factory=OTSpec)
     save_embeddings: bool = Field(False, description="log the final test embeddings as Parquet")
@@ -202,16 +209,7 @@ class EvaluationSpec(Strict):
     @field_validator("selection_metric")
     @classmethod
     def _metric_shape(cls, value: str) -> str:
-        parts = value.split("/")
-        if len(parts) != 2 or parts[1] not in METRIC_NAMES and not parts[1].startswith("R_at_"):
-            raise ValueError(
-                f"selection_metric {value!r} must be '<ranking>/<metric>' with ranking 'global' or 'diml_K<k>' "
-                f"and metric one of {', '.join(METRIC_NAMES)} or R_at_<k>"
-            )
-        return value
-
-
-METRIC_NAMES = ("RP", "MAP_at_R", "NMI")
+        return names.check_selection_metric(value)
 
 
 class ResourcesSpec(Strict):

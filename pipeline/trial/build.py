@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from diml.options import OTOptions
 from pipeline.specs import OTSpec, RunSpec
 
 
@@ -34,16 +35,18 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
                   frozen_bn=m.frozen_bn)
 
 
-def model_config(spec: RunSpec) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its model without the spec (``python -m diml.explain``)."""
-    m = spec.model
-    return {"backbone": m.backbone, "embed_dim": m.embed_dim, "grid": m.grid, "frozen_bn": m.frozen_bn,
-            "image_size": spec.data.image_size}
+def model_config(spec: RunSpec, model: torch.nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild ``model`` (built from ``spec``, possibly DDP-wrapped) without the spec
+    (:func:`diml.models.model_config`, read by ``python -m diml.explain``)."""
+    from diml.distributed import unwrap_model
+    from diml.models import model_config as _config
+
+    return _config(unwrap_model(model), backbone=spec.model.backbone, image_size=spec.data.image_size)
 
 
-def ot_options(ot: OTSpec) -> dict[str, Any]:
-    """Keyword options of :mod:`diml.ot` (eps, marginals, max_iter, tol, check_every, newton_steps)."""
-    return ot.model_dump()
+def ot_options(ot: OTSpec) -> OTOptions:
+    """The :class:`diml.ot.OTOptions` of an OT spec section."""
+    return OTOptions(**ot.model_dump())
 
 
 def build_loss(spec: RunSpec, num_classes: int) -> torch.nn.Module:
@@ -92,6 +95,5 @@ def build_sampler(spec: RunSpec, labels, *, rank: int, world_size: int):
 def evaluation_options(spec: RunSpec) -> dict[str, Any]:
     """Keyword arguments of :func:`diml.evaluation.evaluate` (depths, Recall@k, R convention, OT)."""
     e = spec.evaluation
-    ot = ot_options(e.ot)
     return {"depths": tuple(e.depths), "ks": tuple(e.ks), "r_includes_query": e.r_includes_query,
-            "eps": ot.pop("eps"), "marginals": ot.pop("marginals"), "ot_options": ot, "seed": spec.seed}
+            "ot": ot_options(e.ot), "seed": spec.seed}

@@ -13,14 +13,9 @@ import tempfile
 import time
 from typing import Any
 
-import torch
-
+from diml.distributed import unwrap_model
 from pipeline import tracking
 from pipeline.trial import build
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)
 
 
 class TrialLogger:
@@ -72,15 +67,18 @@ class TrialLogger:
         spec = self.ctx.spec
         step = max(best_epoch, 0)
         self.metrics(final, step)
-        model = _unwrap(module).model
+        model = unwrap_model(module).model
         with tempfile.TemporaryDirectory() as folder:
             logged = []
             if self.ctx.log_checkpoint:
-                path = os.path.join(folder, "best_model.pt")
-                torch.save({"model": model.state_dict(), "loss": _unwrap(module).loss.state_dict(),
-                            "model_config": build.model_config(spec), "spec": spec.model_dump(mode="json"),
-                            "epoch": best_epoch}, path)
-                logged.append((path, "checkpoint"))
+                from diml.models import save_checkpoint
+
+                artifact_dir, name = os.path.split(tracking.CHECKPOINT_ARTIFACT)
+                path = os.path.join(folder, name)
+                save_checkpoint(path, model.state_dict(), build.model_config(spec, model),
+                                loss_state=unwrap_model(module).loss.state_dict(), epoch=best_epoch,
+                                spec=spec.model_dump(mode="json"))
+                logged.append((path, artifact_dir))
             if embeddings is not None and spec.evaluation.save_embeddings:
                 from diml.evaluation import save_embeddings
 
@@ -99,13 +97,15 @@ class TrialLogger:
 
     def _explanations(self, model, dataset, embeddings, folder: str) -> str:
         from diml.explain import write_trial_explanations
+        from diml.ot import OTOptions
 
         spec = self.ctx.spec
         out = os.path.join(folder, "explanations")
         was_training = model.training
         model.eval()
+        # the evaluation's eps and marginals with the library's solver defaults, as the figures have always used
+        ot = OTOptions(eps=spec.evaluation.ot.eps, marginals=spec.evaluation.ot.marginals)
         write_trial_explanations(model, dataset, embeddings, out, n_queries=spec.evaluation.explanations,
-                                 seed=spec.seed, depth=max(spec.evaluation.depths), eps=spec.evaluation.ot.eps,
-                                 marginals=spec.evaluation.ot.marginals, device=self.ctx.device)
+                                 seed=spec.seed, depth=max(spec.evaluation.depths), ot=ot, device=self.ctx.device)
         model.train(was_training)
         return out

@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from diml import names
+from diml.distributed import unwrap_model
 from pipeline import tracking
 from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.trial import build
 from pipeline.trial.logger import TrialLogger
 
 STATE_FILE = "state.pt"
-BEST_FILE = "best_model.pt"
+BEST_FILE = "best_so_far.pt"  # the best epoch so far, in diml's checkpoint format (diml.models.checkpoint)
 
 
 @dataclass
@@ -69,10 +71,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return getattr(module, "module", module)
-
-
 def _broadcast(value: Any, ctx: Context) -> Any:
     """Rank 0's ``value`` on every rank (a no-op on one worker)."""
     if ctx.world_size == 1 or not torch.distributed.is_initialized():
@@ -90,7 +88,7 @@ def evaluate_split(train_module, dataset, ctx: Context):
     """
     from diml.evaluation import evaluate, extract_embeddings
 
-    model = _unwrap(train_module).model
+    model = unwrap_model(train_module).model
     was_training = model.training
     model.eval()
     embeddings = extract_embeddings(model, dataset, batch_size=ctx.spec.evaluation.batch_size, device=ctx.device,
@@ -104,9 +102,7 @@ def evaluate_split(train_module, dataset, ctx: Context):
 
 
 def selection_score(results: dict[str, dict[str, float]], metric: str) -> float:
-    ranking, name = metric.split("/")
-    ranking = ranking.replace("diml_K", "diml@")
-    name = name.replace("_at_", "@")
+    ranking, name = (names.result_name(part) for part in metric.split("/"))
     if ranking not in results or name not in results[ranking]:
         raise ValueError(f"evaluation.selection_metric {metric!r} is not among the evaluated rankings "
                          f"{sorted(results)}: add its depth to evaluation.depths or pick another metric")
@@ -114,21 +110,29 @@ def selection_score(results: dict[str, dict[str, float]], metric: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(folder: str, train_module, optimizer, scheduler, progress: Progress, best_state) -> None:
-    module = _unwrap(train_module)
+def save_checkpoint(folder: str, train_module, optimizer, scheduler, progress: Progress, best_state,
+                    model_config: dict[str, Any]) -> None:
+    """The training state (``state.pt``) and, if any, the best epoch's weights so far (``best_so_far.pt``, in
+    :mod:`diml.models.checkpoint`'s format with ``model_config``)."""
+    from diml.models import checkpoint
+
+    module = unwrap_model(train_module)
     torch.save({"model": module.model.state_dict(), "loss": module.loss.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "progress": asdict(progress), "torch_rng": torch.get_rng_state()},
                os.path.join(folder, STATE_FILE))
     if best_state is not None:
-        torch.save(best_state, os.path.join(folder, BEST_FILE))
+        checkpoint.save_checkpoint(os.path.join(folder, BEST_FILE), best_state["model"], model_config,
+                                   loss_state=best_state["loss"], epoch=progress.best_epoch)
 
 
 def load_checkpoint(folder: str, train_module, optimizer, scheduler):
     """Restore a checkpoint written by :func:`save_checkpoint`; returns ``(progress, best_state)``."""
+    from diml.models import checkpoint
+
     state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    module = _unwrap(train_module)
+    module = unwrap_model(train_module)
     module.model.load_state_dict(state["model"])
     module.loss.load_state_dict(state["loss"])
     optimizer.load_state_dict(state["optimizer"])
@@ -136,7 +140,10 @@ def load_checkpoint(folder: str, train_module, optimizer, scheduler):
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     best_path = os.path.join(folder, BEST_FILE)
-    best = torch.load(best_path, map_location="cpu", weights_only=True) if os.path.exists(best_path) else None
+    best = None
+    if os.path.exists(best_path):
+        stored = checkpoint.read_checkpoint(best_path)
+        best = {"model": stored["model"], "loss": stored["loss"]}
     return Progress(**state["progress"]), best
 
 
@@ -152,7 +159,7 @@ def _cpu_copy(value: Any) -> Any:
 
 
 def _snapshot(train_module) -> dict[str, dict[str, Any]]:
-    module = _unwrap(train_module)
+    module = unwrap_model(train_module)
     return {"model": _cpu_copy(module.model.state_dict()), "loss": _cpu_copy(module.loss.state_dict())}
 
 
@@ -318,7 +325,8 @@ def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(folder, module, optimizer, scheduler, progress, best_state)
+        save_checkpoint(folder, module, optimizer, scheduler, progress, best_state,
+                        build.model_config(ctx.spec, unwrap_model(module).model))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -328,7 +336,7 @@ def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger
     import ray.train
 
     if best.state is not None:
-        unwrapped = _unwrap(module)
+        unwrapped = unwrap_model(module)
         unwrapped.model.load_state_dict(best.state["model"])
         unwrapped.loss.load_state_dict(best.state["loss"])
     if ctx.spec.selection_split == "test" and best.fresh:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from diml.evaluation import evaluate, iter_rankings, unique_pairs
-from diml.ot import structural_similarity_candidates
+from diml.ot import OTOptions, structural_similarity_candidates
 
 DEPTHS = (1, 5, 20, 37)
 
@@ -83,8 +83,8 @@ def test_every_depth_equals_brute_force_loop(r_includes_query, symmetric):
 
 def test_structural_similarity_re_ranking_equals_brute_force_loop():
     glob, labels, local = _data(seed=5, n=80)
-    ours = evaluate(glob, labels, local, depths=(4, 25), ks=(1, 2), nmi=False, eps=0.05)
-    ot = lambda *args: structural_similarity_candidates(*args, eps=0.05)  # noqa: E731
+    ours = evaluate(glob, labels, local, depths=(4, 25), ks=(1, 2), nmi=False, ot=OTOptions(eps=0.05))
+    ot = lambda *args: structural_similarity_candidates(*args, ot=OTOptions(eps=0.05))  # noqa: E731
     _check_metrics(ours, glob, labels, local, (4, 25), (1, 2), False, ot)
 
 

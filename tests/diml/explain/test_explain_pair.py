@@ -9,6 +9,7 @@ import torch
 from scipy.optimize import linprog
 
 from diml.explain import Explanation, explain_pair
+from diml.ot import OTOptions
 
 EPS = 0.05
 # POT takes log(a) of the cross-attention weights, some of which relu sets to exactly zero
@@ -49,7 +50,7 @@ def _features(seed, channels=12, grid=3, noise=None):
 @pytest.mark.parametrize("marginals", ["cross_attention", "uniform"])
 def test_contributions_sum_to_a_similarity_equal_to_pot(marginals):
     q_local, q_global, r_local, r_global = _features(1)
-    e = explain_pair(q_local, q_global, r_local, r_global, grid=3, eps=EPS, marginals=marginals)
+    e = explain_pair(q_local, q_global, r_local, r_global, grid=3, ot=OTOptions(eps=EPS, marginals=marginals))
     sim, a, b, plan = _reference(q_local, q_global, r_local, r_global, marginals)
     assert abs(e.contributions.sum() - e.similarity) <= 1e-6
     np.testing.assert_allclose(e.contributions, e.plan * e.cell_sim, rtol=0, atol=1e-15)

@@ -6,6 +6,7 @@ import torch
 from diml.losses import MetricLoss, build_loss, list_losses, list_miners
 from diml.losses.catalog import LOSSES
 from diml.losses.registry import Param, Registry, number
+from diml.ot import OTOptions
 
 PAPER_GRID = ["margin", "triplet", "contrastive", "multisimilarity", "lifted", "npair", "proxynca", "proxyanchor",
               "arcface", "softtriple", "angular", "histogram", "snr", "quadruplet", "softmax", "circle"]
@@ -98,12 +99,14 @@ def test_combination_errors_name_the_fix():
 
 
 def test_ot_options_are_validated_even_for_global_losses():
-    with pytest.raises(ValueError, match=r"ot has no option 'epsilon'; allowed: \['eps', "):
-        build(ot={"epsilon": 0.05})
+    with pytest.raises(ValueError, match=r"ot must be a diml.ot.OTOptions \(got dict\)"):
+        build(ot={"eps": 0.05})
+    with pytest.raises(ValueError, match=r"OT options have no field 'epsilon'; allowed: \['eps', "):
+        build(ot=OTOptions.from_dict({"epsilon": 0.05}))
     with pytest.raises(ValueError, match="eps"):
-        build(similarity="diml", ot={"eps": -1.0})
+        build(similarity="diml", ot=OTOptions(eps=-1.0))
     with pytest.raises(ValueError, match="marginals"):
-        build(similarity="diml", ot={"marginals": "attention"})
+        build(similarity="diml", ot=OTOptions(marginals="attention"))
 
 
 def test_forward_rejects_bad_inputs_with_the_fix():

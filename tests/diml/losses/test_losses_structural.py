@@ -8,6 +8,7 @@ import torch
 import loss_references as ref
 from diml.losses import StructuralDistance, StructuralSimilarity, build_loss, pack_embeddings
 from diml.losses.catalog import LOSSES
+from diml.ot import OTOptions
 
 LABELS = [0, 0, 0, 1, 1, 2, 2, 3]
 NUM_CLASSES, DIM, CELLS = 5, 6, 4
@@ -53,13 +54,13 @@ def test_distances_match_pot_on_each_pair(marginals, eps):
     """(Uniform marginals at eps 0.05 make POT need ~1e5 iterations on some pairs of this batch: eps 0.1 there.)"""
     g, local, _ = batch(seed=2)
     pairs = ref.StructuralPairs(g.numpy(), local.numpy(), marginals=marginals, eps=eps)
-    packed, n, ot = pack_embeddings(g, local), len(g), {"marginals": marginals, "eps": eps}
+    packed, n, ot = pack_embeddings(g, local), len(g), OTOptions(marginals=marginals, eps=eps)
     cases = [
-        (StructuralSimilarity(ot_options=ot), pairs.sim),
-        (StructuralSimilarity(ot_options=ot, include_global=False), lambda i, j: pairs.sim(i, j, False)),
-        (StructuralDistance(ot_options=ot), pairs.euclid),
-        (StructuralDistance(ot_options=ot, include_global=False), lambda i, j: pairs.euclid(i, j, False)),
-        (StructuralDistance(ot_options=ot, cell_distance="snr"), pairs.snr),
+        (StructuralSimilarity(ot=ot), pairs.sim),
+        (StructuralSimilarity(ot=ot, include_global=False), lambda i, j: pairs.sim(i, j, False)),
+        (StructuralDistance(ot=ot), pairs.euclid),
+        (StructuralDistance(ot=ot, include_global=False), lambda i, j: pairs.euclid(i, j, False)),
+        (StructuralDistance(ot=ot, cell_distance="snr"), pairs.snr),
     ]
     for distance, expected in cases:
         got = distance(packed)
@@ -72,7 +73,7 @@ def test_structural_pair_loss_matches_hand_loop(name, data):
     g, local, labels, pairs = data
     # float64 plans solved to 1e-10 (the default 1e-6 is amplified by circle's scale factor gamma = 80)
     loss = build_loss(name, PARAMS.get(name), similarity="diml", num_classes=NUM_CLASSES, embed_dim=DIM,
-                      ot={"tol": 1e-10}).double()
+                      ot=OTOptions(tol=1e-10)).double()
     expected = ref.pair_loss(name, resolved(name), pairs, LABELS, num_classes=NUM_CLASSES)
     assert expected > 0
     assert loss(g, local, labels).item() == pytest.approx(expected, abs=TOL)

@@ -86,10 +86,10 @@ def certified_plan(cost, a, b, eps: float) -> torch.Tensor:
     ``diml.ot.sinkhorn`` in float64, rebuild the plan from them with the formula, check its marginals to 1e-11,
     and let POT's own log-domain Sinkhorn, warm-started at those potentials, confirm the fixed point.
     """
-    from diml.ot import sinkhorn
+    from diml.ot import OTOptions, sinkhorn
 
     cost, a, b = cost.double(), a.double(), b.double()
-    res = sinkhorn(cost, a, b, eps=eps, tol=1e-13, max_iter=200, newton_steps=60)
+    res = sinkhorn(cost, a, b, ot=OTOptions(eps=eps, tol=1e-13, max_iter=200, newton_steps=60))
     plans = []
     for k in range(cost.shape[0]):
         rows, cols = a[k] > 0, b[k] > 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ot_testkit import near_duplicates, pot_plan, random_images, reference_terms
 
-from diml.ot import _cpu, match, structural_similarity
+from diml.ot import OTOptions, _cpu, match, structural_similarity
 from diml.ot._scaling import LogKernel
 from diml.ot.sinkhorn import solve
 
@@ -30,9 +30,8 @@ def _terms(n_images=9, cells=16, seed=0, dup_noise=None):
 
 def _solve(S, a, b, compiled: bool, monkeypatch, **kw):
     monkeypatch.setattr(_cpu, "ENABLED", compiled)
-    opts = dict(eps=EPS, max_iter=300, tol=1e-6, newton_steps=30, check_every=5, grad="plan_constant")
-    opts.update(kw)
-    return solve(LogKernel(S, 1 / EPS, -1 / EPS), a, b, direct=True, **opts)
+    opts = OTOptions(eps=EPS, max_iter=300, tol=1e-6, newton_steps=30, check_every=5, grad="plan_constant")
+    return solve(LogKernel(S, 1 / EPS, -1 / EPS), a, b, opts.replace(**kw), direct=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -107,7 +106,7 @@ def test_public_functions_agree_with_the_tensor_path(monkeypatch):
     # autodiff never takes the compiled path (it needs the graph), and still gives the same values
     monkeypatch.setattr(_cpu, "ENABLED", True)
     grad_args = [t.clone().requires_grad_(True) for t in args]
-    autodiff = match(*grad_args, grad="autodiff")
+    autodiff = match(*grad_args, ot=OTOptions(grad="autodiff"))
     autodiff.similarity.sum().backward()
     assert grad_args[0].grad is not None
     assert float((autodiff.similarity.detach() - sims[True]).abs().max()) <= 1e-5

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from ot_testkit import certified_plan, correlated_images, near_duplicates, pot_plan, random_images, reference_terms
 
-from diml.ot import match, match_candidates
+from diml.ot import OTOptions, match, match_candidates
 
 
 def _pairs(kind):
@@ -29,7 +29,7 @@ def test_match_agrees_with_float64_reference(kind, marginals):
     """float32 match vs POT float64 (``ot.sinkhorn``, log domain, stopThr 1e-12); for uniform marginals on
     near-duplicates POT needs > 10^5 iterations, so the reference there is a certified optimum that POT confirms."""
     query, ref = _pairs(kind)
-    m = match(*_float(query), *_float(ref), marginals=marginals)
+    m = match(*_float(query), *_float(ref), ot=OTOptions(marginals=marginals))
     S, a, b = reference_terms(*query, *ref, marginals=marginals)
     nq, nr, r = a.shape
     if marginals == "uniform" and kind != "random":
@@ -120,7 +120,7 @@ def test_plan_constant_gradient_is_the_gradient_of_sum_detached_plan_times_cells
     manual_S = torch.einsum("pci,qcj->pqij", q_hat, F.normalize(ref[0], dim=1))
     (expected,) = torch.autograd.grad((m.plan.detach() * manual_S).sum(), q_local)
     assert torch.allclose(grad, expected, atol=1e-12)
-    m_auto = match(q_local, query[1], *ref, grad="autodiff", tol=1e-12)
+    m_auto = match(q_local, query[1], *ref, ot=OTOptions(grad="autodiff", tol=1e-12))
     (grad_auto,) = torch.autograd.grad(m_auto.similarity.sum(), q_local)
     assert float((grad_auto - grad).abs().max()) > 1e-3  # the plan's own dependence on the features counts
 
@@ -130,7 +130,7 @@ def test_autodiff_gradient_passes_gradcheck():
     inputs = (query[0].clone().requires_grad_(True), query[1].clone().requires_grad_(True), ref[0], ref[1])
 
     def similarity(ql, qg, rl, rg):
-        return match(ql, qg, rl, rg, eps=0.1, tol=1e-13, grad="autodiff").similarity
+        return match(ql, qg, rl, rg, ot=OTOptions(eps=0.1, tol=1e-13, grad="autodiff")).similarity
 
     assert torch.autograd.gradcheck(similarity, inputs, eps=1e-6, atol=1e-6)
 
@@ -142,7 +142,7 @@ def test_autodiff_gradient_passes_gradcheck():
 def test_bad_options_raise(kwargs, word):
     query, ref = random_images(1, seed=20), random_images(1, seed=21)
     with pytest.raises(ValueError, match=word):
-        match(*query, *ref, **kwargs)
+        match(*query, *ref, ot=OTOptions(**kwargs))
 
 
 def test_bad_shapes_raise():
@@ -160,7 +160,7 @@ def test_bad_shapes_raise():
 def test_small_eps_matches_pot():
     # eps = 0.02: (S - 1) / eps spans 100, beyond the direct-exponential range, so the shifted kernel is used.
     query, ref = random_images(2, seed=24), random_images(3, seed=25)
-    m = match(*_float(query), *_float(ref), eps=0.02)
+    m = match(*_float(query), *_float(ref), ot=OTOptions(eps=0.02))
     S, a, b = reference_terms(*query, *ref)
     for p in range(2):
         for q in range(3):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from ot_testkit import near_duplicates, random_images
 
-from diml.ot import match, match_candidates, structural_similarity, structural_similarity_candidates
+from diml.ot import OTOptions, match, match_candidates, structural_similarity, structural_similarity_candidates
 
 
 def _images():
@@ -18,9 +18,9 @@ def _images():
 @pytest.mark.parametrize("marginals", ["cross_attention", "uniform"])
 def test_all_pairs_similarity_equals_match_for_every_chunk_size(marginals):
     query, ref = _images()
-    expected = match(*query, *ref, marginals=marginals, tol=1e-12).similarity
+    expected = match(*query, *ref, ot=OTOptions(marginals=marginals, tol=1e-12)).similarity
     for chunk_size in (1, 4, 10, 11, 35, 10_000):
-        got = structural_similarity(*query, *ref, marginals=marginals, tol=1e-12, chunk_size=chunk_size)
+        got = structural_similarity(*query, *ref, ot=OTOptions(marginals=marginals, tol=1e-12), chunk_size=chunk_size)
         assert got.shape == (5, 10) and got.dtype == torch.float64
         assert float((got - expected).abs().max()) <= 1e-12, chunk_size
 
@@ -35,13 +35,14 @@ def test_float32_chunking_changes_nothing_beyond_rounding():
 
 def test_candidates_similarity_equals_all_pairs_and_match_candidates():
     query, ref = _images()
-    full = structural_similarity(*query, *ref, tol=1e-12)
+    full = structural_similarity(*query, *ref, ot=OTOptions(tol=1e-12))
     pick = torch.tensor([[0, 4, 9], [1, 1, 2], [9, 8, 7], [3, 0, 5], [2, 6, 1]])
     c_local, c_global = ref[0][pick], ref[1][pick]
     expected = full[torch.arange(5).unsqueeze(1), pick]
-    assert float((match_candidates(*query, c_local, c_global, tol=1e-12).similarity - expected).abs().max()) <= 1e-12
+    tight = OTOptions(tol=1e-12)
+    assert float((match_candidates(*query, c_local, c_global, ot=tight).similarity - expected).abs().max()) <= 1e-12
     for chunk_size in (1, 3, 7, 1000):
-        got = structural_similarity_candidates(*query, c_local, c_global, tol=1e-12, chunk_size=chunk_size)
+        got = structural_similarity_candidates(*query, c_local, c_global, ot=tight, chunk_size=chunk_size)
         assert got.shape == (5, 3) and float((got - expected).abs().max()) <= 1e-12, chunk_size
 
 
@@ -105,8 +106,8 @@ def test_candidate_gradients_match_finite_differences_on_every_products_path(k):
     q_global = torch.randn(2, 6, generator=gen, dtype=torch.float64)
     c_local = torch.randn(2, k, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     c_global = torch.randn(2, k, 6, generator=gen, dtype=torch.float64)
-    torch.autograd.gradcheck(lambda ql, cl: structural_similarity_candidates(ql, q_global, cl, c_global, tol=1e-12,
-                                                                             grad="autodiff"),
+    autodiff = OTOptions(tol=1e-12, grad="autodiff")
+    torch.autograd.gradcheck(lambda ql, cl: structural_similarity_candidates(ql, q_global, cl, c_global, ot=autodiff),
                              (q_local, c_local), eps=1e-6, atol=1e-5)
     # plan_constant (the default) differentiates through the cell similarities: the same on both paths
     sim = structural_similarity_candidates(q_local, q_global, c_local, c_global)

@@ -94,24 +94,25 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     assert all(len(b) == 4 for rank in batches for b in rank)  # 8 over 2 workers
     assert not set(sum(batches[0], [])) & set(sum(batches[1], []))
     options = build.evaluation_options(spec)
-    assert options["depths"] == (100,) and options["ot_options"]["tol"] == 1e-6
-    assert build.model_config(spec) == {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": True,
-                                        "image_size": 224}
+    assert options["depths"] == (100,) and options["ot"].tol == 1e-6
+    assert build.model_config(spec, model) == {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": True,
+                                               "image_size": 224}
 
 
 def test_training_ot_defaults_are_what_the_training_benchmark_measures():
     import importlib.util
     import pathlib
 
-    from pipeline.specs import TRAINING_OT, LossSpec
+    from diml.ot import TRIAL_TRAINING_OT, OTOptions
+    from pipeline.specs import LossSpec
 
     path = pathlib.Path(__file__).resolve().parents[3] / "benchmarks" / "bench_train.py"
     spec = importlib.util.spec_from_file_location("bench_train_for_test", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.TRAINING_OT == TRAINING_OT
+    assert bench.TRIAL_TRAINING_OT == TRIAL_TRAINING_OT == build.ot_options(LossSpec().ot)
     ot = LossSpec().ot
     assert (ot.tol, ot.check_every, ot.newton_steps) == (1e-4, 5, 30)
     spec_eval = build_study(BASE).trials[0].spec
-    assert build.evaluation_options(spec_eval)["ot_options"] == {"max_iter": 200, "tol": 1e-6, "check_every": 5,
-                                                                  "newton_steps": 30}
+    assert build.evaluation_options(spec_eval)["ot"] == OTOptions(eps=0.05, marginals="cross_attention", max_iter=200,
+                                                                  tol=1e-6, check_every=5, newton_steps=30)

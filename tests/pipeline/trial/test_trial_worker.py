@@ -5,7 +5,8 @@ import torch
 from diml.engine import TrainModule
 from diml.losses import build_loss
 from diml.models import build_model
-from pipeline.trial.worker import Progress, _snapshot, load_checkpoint, save_checkpoint, selection_score
+from diml.models import read_checkpoint
+from pipeline.trial.worker import BEST_FILE, Progress, _snapshot, load_checkpoint, save_checkpoint, selection_score
 
 
 def _module():
@@ -25,7 +26,9 @@ def test_checkpoint_round_trip_restores_weights_loss_miner_optimizer_and_progres
     sched.step()
     best = _snapshot(module)
     progress = Progress(next_epoch=3, best_epoch=1, best_score=42.5, best_metrics={"test/global/R_at_1": 42.5})
-    save_checkpoint(str(tmp_path), module, opt, sched, progress, best)
+    config = {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": False, "image_size": 32}
+    save_checkpoint(str(tmp_path), module, opt, sched, progress, best, config)
+    assert read_checkpoint(tmp_path / BEST_FILE)["model_config"] == config  # diml's one checkpoint format
     saved = {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
 
     fresh = _module()

@@ -1,8 +1,18 @@
-"""Load a DIML model from a checkpoint written by the pipeline.
+"""The one checkpoint format of a trained DIML model: written by a training run, read by :mod:`diml.explain`.
 
-Format: ``torch.save({"model": DIMLModel.state_dict(), "model_config": {"backbone": str, "embed_dim": int,
-"grid": int, "frozen_bn": bool, "image_size": int}, ...other keys}, path)``, read back with
-``torch.load(path, weights_only=True)``. Every way of not matching it is a one-line ``ValueError`` naming the path.
+A training run writes it for its best epoch twice: inside each Ray checkpoint (``best_so_far.pt``, next to the
+training state) and, at the end, as the MLflow artifact ``checkpoint/best_model.pt``.  Format::
+
+    torch.save({"format_version": 1,
+                "model": DIMLModel.state_dict(),
+                "model_config": {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int},
+                "loss": loss.state_dict() or None,   # learnable loss parameters (margin beta, proxies)
+                "epoch": int or None,
+                **extra}, path)                       # e.g. the run's spec
+
+read back with ``torch.load(path, weights_only=True)``.  A file without ``format_version`` (written before the
+field existed, same layout) is version 1.  Every way of not matching the format is a one-line ``ValueError`` naming
+the path.
 """
 
 from __future__ import annotations
@@ -15,9 +25,50 @@ from typing import Any
 
 import torch
 
-from diml.models import DIMLModel, build_model
+from diml.models.model import DIMLModel, build_model
 
+FORMAT_VERSION = 1
 CONFIG_TYPES = {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int}
+
+
+def model_config(model: DIMLModel, *, backbone: str, image_size: int) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild ``model`` without the run's spec: its ``backbone`` name (as given to
+    :func:`~diml.models.build_model`), ``embed_dim``, ``grid``, ``frozen_bn`` and the input ``image_size``."""
+    config = {"backbone": backbone, "embed_dim": model.embed_dim, "grid": model.grid, "frozen_bn": model.frozen_bn,
+              "image_size": image_size}
+    return _checked_config(config, "model_config")
+
+
+def save_checkpoint(path: str | os.PathLike, model_state: dict[str, torch.Tensor], config: dict[str, Any], *,
+                    loss_state: dict[str, Any] | None = None, epoch: int | None = None, **extra: Any) -> None:
+    """Write a checkpoint of the format above.
+
+    Args:
+        path: the file to write.
+        model_state: ``DIMLModel.state_dict()`` (e.g. a CPU copy of the best epoch's weights).
+        config: :func:`model_config` of the model.
+        loss_state: the loss module's ``state_dict()`` (learnable loss parameters), or None.
+        epoch: the epoch the weights come from.
+        extra: further entries (tensors, numbers, strings, lists and dicts of them: ``weights_only`` loading).
+    """
+    reserved = sorted({"format_version", "model", "model_config", "loss", "epoch"} & set(extra))
+    if reserved:
+        raise ValueError(f"extra entry {reserved[0]!r} is part of the checkpoint format; pass it as its argument")
+    torch.save({"format_version": FORMAT_VERSION, "model": model_state,
+                "model_config": _checked_config(dict(config), "config"), "loss": loss_state, "epoch": epoch,
+                **extra}, pathlib.Path(path))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated content of a checkpoint (on the CPU): ``model``, ``model_config``, ``loss``, ``epoch``, extras."""
+    path = pathlib.Path(path)
+    state = _read(path)
+    version = state.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format_version {version!r}; this diml reads versions 1 to "
+                         f"{FORMAT_VERSION}: update diml to read it")
+    return {"loss": None, "epoch": None, **state, "format_version": version,
+            "model_config": model_config_of(state, path)}
 
 
 def _read(path: pathlib.Path) -> dict:
@@ -42,10 +93,14 @@ def model_config_of(state: dict, path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {path} has no 'model_config' (backbone, embed_dim, grid, frozen_bn, image_size);"
                          " it was not written by this version of the DIML pipeline")
+    return _checked_config(config, f"checkpoint {path}: model_config")
+
+
+def _checked_config(config: dict, where: str) -> dict[str, Any]:
     for key, kind in CONFIG_TYPES.items():
         value = config.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"checkpoint {path}: model_config[{key!r}] must be a {kind.__name__}, got {value!r}")
+            raise ValueError(f"{where}[{key!r}] must be a {kind.__name__}, got {value!r}")
     return dict(config)
 
 
@@ -82,8 +137,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         ``(model in eval mode on device, model_config)``.
     """
     path = pathlib.Path(path)
-    state = _read(path)
-    config = model_config_of(state, path)
+    state = read_checkpoint(path)
+    config = state["model_config"]
     try:
         model = build_model(config["backbone"], pretrained=False, embed_dim=config["embed_dim"], grid=config["grid"],
                             frozen_bn=config["frozen_bn"])
