@@ -116,3 +116,10 @@ def test_full_grid_dry_run_lists_losses_backbones_datasets_seeds_without_the_dat
     # a real launch (not a dry run) still refuses the missing roots
     assert launch_main([str(SPECS / "full_grid.yaml")]) == 2
     assert "does not exist or is not a folder" in capsys.readouterr().err
+
+
+def test_selection_by_a_reranked_metric_needs_its_depth():
+    spec = _spec(evaluation={"depths": [10, 100], "selection_metric": "diml_K100/R_at_1"})
+    assert spec.evaluation.selection_metric == "diml_K100/R_at_1"
+    with pytest.raises(SpecError, match="ranks at a depth that is not evaluated: add 50 to evaluation.depths"):
+        _spec(evaluation={"depths": [10, 100], "selection_metric": "diml_K50/R_at_1"})
