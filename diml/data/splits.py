@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from diml.data.base import Splits, carve_validation, report_small_classes
@@ -36,16 +37,19 @@ def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 
     Train and test classes are disjoint (zero-shot retrieval). ``val_fraction > 0`` moves a seeded fraction of the
     training classes to a class-disjoint validation split (else ``val`` is ``None``). The train split uses the
     train transform of ``augmentation`` (default: the authors' :class:`~diml.data.transforms.Augmentation`,
-    ``RandomResizedCrop(image_size, scale=(0.08, 1))`` + flip, with ``crop_scale (0.5, 1)`` for the synthetic data;
-    ``crop_scale`` replaces the crop area of either), val/test the eval transform of ``augmentation``;
+    ``RandomResizedCrop(image_size, scale=(0.08, 1))`` + flip; an ``augmentation.crop_scale`` of ``None`` takes the
+    dataset's default, ``(0.5, 1)`` for the synthetic data; ``crop_scale`` replaces the crop area of either),
+    val/test the eval transform of ``augmentation``;
     ``splits.train.eval_view()`` gives the training images with the eval transform. ``dataset_options`` go to the
     dataset's loader (e.g. ``num_classes`` for synthetic, ``test_fraction`` for folder). Classes with fewer than
     two images in a split are reported with a warning.
     """
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
-    if augmentation is None:
-        augmentation = Augmentation(crop_scale=SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE)
+    augmentation = augmentation if augmentation is not None else Augmentation(crop_scale=None)
+    if augmentation.crop_scale is None:
+        augmentation = dataclasses.replace(
+            augmentation, crop_scale=SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE)
     train_tf = train_transform(image_size, crop_scale=crop_scale, augmentation=augmentation)
     eval_tf = eval_transform(image_size, augmentation=augmentation)
     train, test = _LOADERS[dataset](root, image_size=image_size, seed=seed, train_transform=train_tf,

@@ -24,21 +24,22 @@ DEFAULT_RESIZE_RATIO = 256 / 224
 class Augmentation:
     """Augmentation parameters; the defaults are the authors'.
 
-    ``crop_scale``: area range of ``RandomResizedCrop`` (``0 < low <= high <= 1``); ``crop_ratio``: its aspect
+    ``crop_scale``: area range of ``RandomResizedCrop`` (``0 < low <= high <= 1``; ``None``: the dataset's default,
+    chosen by :func:`diml.data.build_splits`, the authors' ``(0.08, 1)`` elsewhere); ``crop_ratio``: its aspect
     ratio range (``0 < low <= high``); ``flip``: random horizontal flip with probability 0.5; ``random_crop``:
     ``False`` replaces the random crop by the eval geometry (resize + centre crop) in training too;
     ``eval_resize_ratio``: the eval transform resizes the short side to ``round(S * eval_resize_ratio)``
     (``>= 1``) before the centre crop ``S``.
     """
 
-    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+    crop_scale: tuple[float, float] | None = DEFAULT_CROP_SCALE
     crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
     flip: bool = True
     random_crop: bool = True
     eval_resize_ratio: float = DEFAULT_RESIZE_RATIO
 
     def __post_init__(self) -> None:
-        lo, hi = _pair("crop_scale", self.crop_scale)
+        lo, hi = _pair("crop_scale", DEFAULT_CROP_SCALE if self.crop_scale is None else self.crop_scale)
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale!r}")
         lo, hi = _pair("crop_ratio", self.crop_ratio)
@@ -78,10 +79,11 @@ def train_transform(image_size: int = 224, *, crop_scale: tuple[float, float] | 
     """
     _check_size(image_size)
     aug = augmentation if augmentation is not None else Augmentation()
-    if crop_scale is not None:
-        aug = Augmentation(tuple(crop_scale), aug.crop_ratio, aug.flip, aug.random_crop, aug.eval_resize_ratio)
+    scale = crop_scale if crop_scale is not None else aug.crop_scale
+    scale = tuple(scale) if scale is not None else DEFAULT_CROP_SCALE
+    Augmentation(scale, aug.crop_ratio, aug.flip, aug.random_crop, aug.eval_resize_ratio)  # checks crop_scale
     if aug.random_crop:
-        steps = [T.RandomResizedCrop(image_size, scale=aug.crop_scale, ratio=aug.crop_ratio)]
+        steps = [T.RandomResizedCrop(image_size, scale=scale, ratio=tuple(aug.crop_ratio))]
     else:
         steps = [T.Resize(round(image_size * aug.eval_resize_ratio)), T.CenterCrop(image_size)]
     if aug.flip:

@@ -47,10 +47,7 @@ class AugmentationSpec(Strict):
     def _valid(self) -> "AugmentationSpec":
         from diml.data.transforms import Augmentation
 
-        values = self.model_dump()
-        if values["crop_scale"] is None:
-            values.pop("crop_scale")
-        Augmentation(**values)  # its ValueError names the field and the rule
+        Augmentation(**self.model_dump())  # its ValueError names the field and the rule
         return self
 
 

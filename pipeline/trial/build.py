@@ -31,12 +31,8 @@ def build_splits(spec: RunSpec):
 def augmentation(spec: RunSpec):
     """The :class:`diml.data.Augmentation` of ``data.augmentation`` (a null crop_scale: the dataset's default)."""
     from diml.data import Augmentation
-    from diml.data.splits import SYNTHETIC_CROP_SCALE
-    from diml.data.transforms import DEFAULT_CROP_SCALE
 
     values = spec.data.augmentation.model_dump()
-    if values["crop_scale"] is None:
-        values["crop_scale"] = SYNTHETIC_CROP_SCALE if spec.data.dataset == "synthetic" else DEFAULT_CROP_SCALE
     return Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

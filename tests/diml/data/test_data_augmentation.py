@@ -74,3 +74,11 @@ def test_build_splits_uses_the_augmentation():
     assert crop.scale == (0.8, 1.0) and "RandomHorizontalFlip" not in _steps(splits.train.transform)
     default = build_splits("synthetic", image_size=32, num_classes=4, images_per_class=2)
     assert default.train.transform.transforms[0].scale == (0.5, 1.0)  # the synthetic data's milder default
+
+
+def test_no_crop_scale_means_the_datasets_default():
+    aug = Augmentation(crop_scale=None, flip=False)
+    assert train_transform(32, augmentation=aug).transforms[0].scale == (0.08, 1.0)
+    splits = build_splits("synthetic", image_size=32, augmentation=aug, num_classes=4, images_per_class=2)
+    assert splits.train.transform.transforms[0].scale == (0.5, 1.0)
+    assert "RandomHorizontalFlip" not in _steps(splits.train.transform)
