@@ -47,10 +47,11 @@ def trial_gpu_hours(spec: RunSpec) -> float | None:
     scale = (REFERENCE_SIZE / spec.data.image_size) ** 2
     loader = LOADER_RATE_PER_WORKER * max(spec.data.loader_workers, 1) * spec.resources.workers_per_trial
     gpu_rate = TRAIN_RATE.get(spec.model.backbone, 1000.0) * scale * spec.resources.workers_per_trial
+    step_cost = 1.0
     if spec.loss.similarity == "diml":
-        gpu_rate /= DIML_LOSS_COST.get(spec.loss.name, max(DIML_LOSS_COST.values()))
-    train_rate = min(gpu_rate, loader)
-    eval_rate = min(gpu_rate * EVAL_SPEEDUP, loader)
+        step_cost = DIML_LOSS_COST.get(spec.loss.name, max(DIML_LOSS_COST.values()))
+    train_rate = min(gpu_rate / step_cost, loader)
+    eval_rate = min(gpu_rate * EVAL_SPEEDUP, loader)  # the structural loss does not slow the forward pass
     depth = max(spec.evaluation.depths, default=0)
     per_eval = selection / eval_rate + selection * depth / RERANK_PAIRS_PER_S
     evaluations = spec.epochs // spec.evaluation.every_n_epochs
