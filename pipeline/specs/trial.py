@@ -265,7 +265,6 @@ class EvaluationSpec(Strict):
         return self
 
 
-
 class ResourcesSpec(Strict):
     workers_per_trial: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
