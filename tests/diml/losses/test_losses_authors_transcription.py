@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diml.losses import build_loss
+from diml.ot import OTOptions
 
 B, D, R, NUM_CLASSES = 12, 16, 16, 6
 EXACT = 1e-5
@@ -117,7 +118,7 @@ TRIPLETS = [(0, 1, 2), (1, 0, 5), (2, 3, 9), (3, 2, 0), (4, 5, 11), (5, 4, 7), (
 def _ours_margin(count):
     cells, labels = _batch()
     loss = build_loss("margin", {"beta": 1.2, "count": count}, similarity="diml", num_classes=NUM_CLASSES,
-                      embed_dim=D, miner="distance", ot={"tol": 1e-9})
+                      embed_dim=D, miner="distance", ot=OTOptions(tol=1e-9))
     loss.miner = FixedMiner(TRIPLETS)
     cells = cells.clone().requires_grad_(True)
     value = loss(cells.mean(2), cells, labels)  # the authors' global vector: the mean of the cells
@@ -165,7 +166,7 @@ def test_margin_diml_with_the_authors_transposed_marginals_differs_by_the_stated
 def _ours_ms():
     cells, labels = _batch()
     loss = build_loss("multisimilarity", None, similarity="diml", num_classes=NUM_CLASSES, embed_dim=D,
-                      ot={"tol": 1e-9})
+                      ot=OTOptions(tol=1e-9))
     cells = cells.clone().requires_grad_(True)
     value = loss(cells.mean(2), cells, labels)
     value.backward()
