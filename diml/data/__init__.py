@@ -11,11 +11,12 @@ from diml.data.files import BadImageError, ImageFileDataset
 from diml.data.sampler import ClassBalancedBatchSampler
 from diml.data.splits import build_splits, list_datasets, register_dataset
 from diml.data.synthetic import SyntheticDataset, SyntheticParts
-from diml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from diml.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Augmentation, eval_transform, train_transform
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Augmentation",
     "BadImageError",
     "ClassBalancedBatchSampler",
     "ImageFileDataset",

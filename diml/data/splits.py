@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from diml.data.base import Splits, carve_validation, report_small_classes
-from diml.data.transforms import DEFAULT_CROP_SCALE, eval_transform, train_transform
+from diml.data.transforms import DEFAULT_CROP_SCALE, Augmentation, eval_transform, train_transform
 
 # The synthetic images keep their parts away from the border; a milder crop keeps most parts in view, which makes
 # the dataset learnable in a couple of short CPU epochs.
@@ -30,23 +31,27 @@ def list_datasets() -> list[str]:
 
 def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 0, val_fraction: float = 0.0,
                  skip_bad_images: bool = False, crop_scale: tuple[float, float] | None = None,
-                 **dataset_options) -> Splits:
+                 augmentation: Augmentation | None = None, **dataset_options) -> Splits:
     """Build ``Splits(train, val, test)`` for ``dataset`` in ``list_datasets()``.
 
     Train and test classes are disjoint (zero-shot retrieval). ``val_fraction > 0`` moves a seeded fraction of the
     training classes to a class-disjoint validation split (else ``val`` is ``None``). The train split uses the
-    train transform (``RandomResizedCrop(image_size, scale=crop_scale)`` + flip; ``crop_scale`` defaults to the
-    authors' ``(0.08, 1)``, and ``(0.5, 1)`` for the synthetic data), val/test the eval transform;
+    train transform of ``augmentation`` (default: the authors' :class:`~diml.data.transforms.Augmentation`,
+    ``RandomResizedCrop(image_size, scale=(0.08, 1))`` + flip; an ``augmentation.crop_scale`` of ``None`` takes the
+    dataset's default, ``(0.5, 1)`` for the synthetic data; ``crop_scale`` replaces the crop area of either),
+    val/test the eval transform of ``augmentation``;
     ``splits.train.eval_view()`` gives the training images with the eval transform. ``dataset_options`` go to the
     dataset's loader (e.g. ``num_classes`` for synthetic, ``test_fraction`` for folder). Classes with fewer than
     two images in a split are reported with a warning.
     """
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
-    if crop_scale is None:
-        crop_scale = SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE
-    train_tf = train_transform(image_size, crop_scale=tuple(crop_scale))
-    eval_tf = eval_transform(image_size)
+    augmentation = augmentation if augmentation is not None else Augmentation(crop_scale=None)
+    if augmentation.crop_scale is None:
+        augmentation = dataclasses.replace(
+            augmentation, crop_scale=SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE)
+    train_tf = train_transform(image_size, crop_scale=crop_scale, augmentation=augmentation)
+    eval_tf = eval_transform(image_size, augmentation=augmentation)
     train, test = _LOADERS[dataset](root, image_size=image_size, seed=seed, train_transform=train_tf,
                                     eval_transform=eval_tf, skip_bad_images=skip_bad_images, **dataset_options)
     train, val = carve_validation(train, val_fraction, seed)

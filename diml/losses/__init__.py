@@ -12,16 +12,20 @@ Public API:
 """
 
 from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners
+from .param_groups import AUTHORS_LOSS_RATES, authors_loss_lr, loss_param_groups
 from .structural import StructuralDistance, StructuralSimilarity, pack_embeddings, unpack_embeddings
 
 __all__ = [
+    "AUTHORS_LOSS_RATES",
     "MetricLoss",
     "StructuralDistance",
     "StructuralSimilarity",
+    "authors_loss_lr",
     "build_loss",
     "check_loss",
     "list_losses",
     "list_miners",
+    "loss_param_groups",
     "pack_embeddings",
     "unpack_embeddings",
 ]

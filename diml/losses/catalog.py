@@ -24,12 +24,13 @@ from pytorch_metric_learning.reducers import MeanReducer
 
 from .pair_losses import (
     BoundedHistogramLoss,
+    CountedMarginLoss,
     GeneralizedLiftedLoss,
     MinedMultiSimilarityLoss,
     NormalizedAngularLoss,
     QuadrupletLoss,
 )
-from .registry import Param, Registry, boolean, integer, number
+from .registry import Param, Registry, boolean, choice, integer, number
 
 LOSSES = Registry("loss")
 
@@ -44,18 +45,21 @@ _NON_NEGATIVE = number(low=0)
         "beta": Param(1.2, _NON_NEGATIVE),
         "nu": Param(0.0, _NON_NEGATIVE),
         "learn_beta": Param(True, boolean),
+        "count": Param("terms", choice("terms", "triplets")),
     },
     metric="euclidean",
     miner=True,
     mined_pairs_only=True,
 )
-def _margin(margin, beta, nu, learn_beta, *, num_classes, embed_dim):
+def _margin(margin, beta, nu, learn_beta, count, *, num_classes, embed_dim):
     """Margin loss (Wu et al. 2017): ``[d_ap - beta_y + margin]_+ + [beta_y - d_an + margin]_+`` over triplets,
-    divided by the number of non-zero terms (PML ``MarginLoss``); ``beta`` is one learnable value per class
-    (``learn_beta``, a parameter of the module so it can get its own learning rate).  With ``similarity="diml"``
-    this is the paper's margin-DIML."""
-    return pml_losses.MarginLoss(
-        margin=margin, nu=nu, beta=beta, learn_beta=learn_beta, num_classes=num_classes if learn_beta else None
+    divided by the number of non-zero terms (``count="terms"``, Wu et al. and PML) or, as the authors' code
+    computes it, by the number of triplets with a non-zero term (``count="triplets"``; see
+    :class:`CountedMarginLoss`); ``beta`` is one learnable value per class (``learn_beta``, a parameter of the
+    module so it can get its own learning rate).  With ``similarity="diml"`` this is the paper's margin-DIML."""
+    return CountedMarginLoss(
+        count=count, margin=margin, nu=nu, beta=beta, learn_beta=learn_beta,
+        num_classes=num_classes if learn_beta else None,
     )
 
 

@@ -13,6 +13,7 @@ from pytorch_metric_learning.losses import (
     BaseMetricLossFunction,
     GeneralizedLiftedStructureLoss,
     HistogramLoss,
+    MarginLoss,
     MultiSimilarityLoss,
 )
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -74,6 +75,35 @@ class MinedMultiSimilarityLoss(MultiSimilarityLoss):
             return self.zero_losses()
         per_row = super()._compute_loss(mat, mined_pos.to(mat.dtype), mined_neg.to(mat.dtype))["loss"]["losses"]
         return element_losses("loss", per_row.reshape(-1)[rows])
+
+
+MARGIN_COUNTS = ("terms", "triplets")
+
+
+class CountedMarginLoss(MarginLoss):
+    r"""PML's margin loss with a choice of divisor (Wu et al. 2017):
+
+    .. math:: L = \frac{\sum_t [d_{ap} - \beta_{y_a} + m]_+ + [\beta_{y_a} - d_{an} + m]_+}{Z}
+
+    ``count="terms"``: :math:`Z` = the number of non-zero terms (Wu et al.'s MXNet code, PML); ``count="triplets"``:
+    :math:`Z` = the number of triplets with a non-zero term -- what the authors' code computes
+    (``torch.sum((pos_loss > 0.) + (neg_loss > 0.))``: adding two bool tensors in PyTorch is a logical *or*).
+    """
+
+    def __init__(self, *, count: str = "terms", **kwargs):
+        if count not in MARGIN_COUNTS:
+            raise ValueError(f"count must be one of {MARGIN_COUNTS} (got {count!r})")
+        if count == "triplets" and kwargs.get("nu", 0):
+            raise ValueError("count='triplets' (the authors' divisor) has no beta regulariser: set nu to 0")
+        super().__init__(**kwargs)
+        self.count = count
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        loss_dict = super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        term = loss_dict["margin_loss"]
+        if self.count == "triplets" and "divisor" in term:
+            term["divisor"] = torch.sum(term["losses"] > 0)  # both hinges are >= 0: sum > 0 iff one is active
+        return loss_dict
 
 
 class GeneralizedLiftedLoss(GeneralizedLiftedStructureLoss):

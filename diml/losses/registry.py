@@ -49,6 +49,15 @@ def boolean(value) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def choice(*values) -> Callable:
+    """Check for one of ``values``."""
+
+    def check(value):
+        return None if value in values and not isinstance(value, bool) else f"must be one of {list(values)}"
+
+    return check
+
+
 def optional(inner: Callable) -> Callable:
     """Allow ``None`` in addition to what ``inner`` accepts."""
 

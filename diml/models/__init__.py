@@ -12,11 +12,14 @@ from diml.models.backbones import (
     get_backbone_entry,
     list_backbones,
     register_backbone,
+    weights_name,
 )
 from diml.models.checkpoint import load_checkpoint, model_config, read_checkpoint, save_checkpoint
-from diml.models.model import DIMLModel, Embeddings, build_model, pool_to_grid
+from diml.models.model import ALIGN_CORNERS, GLOBAL_VECTORS, DIMLModel, Embeddings, build_model, pool_to_grid
 
 __all__ = [
+    "ALIGN_CORNERS",
+    "GLOBAL_VECTORS",
     "BackboneEntry",
     "BackboneOutput",
     "DIMLModel",
@@ -31,4 +34,5 @@ __all__ = [
     "read_checkpoint",
     "register_backbone",
     "save_checkpoint",
+    "weights_name",
 ]

@@ -194,22 +194,54 @@ def _register_torchvision_backbones() -> None:
 _register_torchvision_backbones()
 
 
-def build_backbone(name: str, *, pretrained: bool = False, weights_path: str | None = None) -> nn.Module:
+NO_WEIGHTS = ("none", "false")
+
+
+def weights_name(backbone: str, pretrained: bool | str | None) -> str | None:
+    """The canonical torchvision weights name that ``pretrained`` selects for ``backbone``, or ``None`` for none.
+
+    ``pretrained`` is a member name of the backbone's torchvision weights enum (``IMAGENET1K_V1``, ``IMAGENET1K_V2``,
+    ``DEFAULT``, ...; case-insensitive), ``True`` (= ``"DEFAULT"``), or ``False`` / ``None`` / ``"none"`` /
+    ``"false"`` (random initialisation). ``DEFAULT`` resolves to the member it aliases (``IMAGENET1K_V2`` for
+    resnet50). Only torchvision's enum is read: nothing is downloaded. An unknown name raises ``ValueError`` listing
+    the backbone's names.
+    """
+    entry = get_backbone_entry(backbone)
+    if pretrained is None or pretrained is False:
+        return None
+    if pretrained is True:
+        pretrained = "DEFAULT"
+    if not isinstance(pretrained, str):
+        raise ValueError(f"pretrained must be true, false or a weights name, got {pretrained!r}")
+    if pretrained.lower() in NO_WEIGHTS:
+        return None
+    enum = torchvision.models.get_model_weights(entry.tv_name)
+    members = enum.__members__
+    key = pretrained.upper()
+    if key not in members:
+        raise ValueError(
+            f"unknown weights {pretrained!r} for backbone {backbone!r}; choose one of {', '.join(members)} or false"
+        )
+    return members[key].name
+
+
+def build_backbone(name: str, *, pretrained: bool | str | None = False, weights_path: str | None = None) -> nn.Module:
     """Build the named backbone (``out_channels`` and ``min_size`` attributes are set on it).
 
-    ``pretrained=True`` goes through torchvision's weights API (``weights="DEFAULT"``: downloaded once into the
-    torch hub cache, ``$TORCH_HOME/hub/checkpoints``); ``weights_path`` loads a torchvision state dict from a local
-    file with ``torch.load(..., weights_only=True)``.
+    ``pretrained`` (see :func:`weights_name`) goes through torchvision's weights API (downloaded once into the torch
+    hub cache, ``$TORCH_HOME/hub/checkpoints``); ``weights_path`` loads a torchvision state dict from a local file
+    with ``torch.load(..., weights_only=True)``.
     """
     entry = get_backbone_entry(name)
-    if pretrained and weights_path is not None:
-        raise ValueError("pretrained=True and weights=PATH are exclusive: set only one")
+    weights = weights_name(name, pretrained)
+    if weights is not None and weights_path is not None:
+        raise ValueError("pretrained weights and weights=PATH are exclusive: set only one")
     kwargs = dict(entry.tv_kwargs)
-    if pretrained:
+    if weights is not None:
         kwargs.pop("init_weights", None)
         kwargs.pop("aux_logits", None)
-    tv_model = torchvision.models.get_model(entry.tv_name, weights="DEFAULT" if pretrained else None, **kwargs)
-    backbone = entry.make(tv_model, pretrained or weights_path is not None)
+    tv_model = torchvision.models.get_model(entry.tv_name, weights=weights, **kwargs)
+    backbone = entry.make(tv_model, weights is not None or weights_path is not None)
     if weights_path is not None:
         load_backbone_weights(backbone, entry, weights_path)
     backbone.out_channels = entry.out_channels

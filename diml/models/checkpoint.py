@@ -5,7 +5,8 @@ training state) and, at the end, as the MLflow artifact ``checkpoint/best_model.
 
     torch.save({"format_version": 1,
                 "model": DIMLModel.state_dict(),
-                "model_config": {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int},
+                "model_config": {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int,
+                                 "align_corners": bool, "global_vector": str},  # pooling; absent: False, map_mean
                 "loss": loss.state_dict() or None,   # learnable loss parameters (margin beta, proxies)
                 "epoch": int or None,
                 **extra}, path)                       # e.g. the run's spec
@@ -29,13 +30,16 @@ from diml.models.model import DIMLModel, build_model
 
 FORMAT_VERSION = 1
 CONFIG_TYPES = {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int}
+# Pooling keys added later; a checkpoint without them was written when the model pooled this way.
+POOLING_BEFORE_KEYS = {"align_corners": False, "global_vector": "map_mean"}
 
 
 def model_config(model: DIMLModel, *, backbone: str, image_size: int) -> dict[str, Any]:
     """What a checkpoint needs to rebuild ``model`` without the run's spec: its ``backbone`` name (as given to
-    :func:`~diml.models.build_model`), ``embed_dim``, ``grid``, ``frozen_bn`` and the input ``image_size``."""
+    :func:`~diml.models.build_model`), ``embed_dim``, ``grid``, ``frozen_bn``, the pooling (``align_corners``,
+    ``global_vector``) and the input ``image_size``."""
     config = {"backbone": backbone, "embed_dim": model.embed_dim, "grid": model.grid, "frozen_bn": model.frozen_bn,
-              "image_size": image_size}
+              "image_size": image_size, "align_corners": model.align_corners, "global_vector": model.global_vector}
     return _checked_config(config, "model_config")
 
 
@@ -140,8 +144,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     state = read_checkpoint(path)
     config = state["model_config"]
     try:
+        pooling = {key: config.get(key, before) for key, before in POOLING_BEFORE_KEYS.items()}
         model = build_model(config["backbone"], pretrained=False, embed_dim=config["embed_dim"], grid=config["grid"],
-                            frozen_bn=config["frozen_bn"])
+                            frozen_bn=config["frozen_bn"], **pooling)
     except ValueError as error:
         raise ValueError(f"checkpoint {path}: cannot build its model_config ({error})") from None
     problem = _mismatch(model, state["model"])

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from pipeline.launch import estimate
 from pipeline.launch.study import SpecError, Study
 from pipeline.specs import RunSpec
 
@@ -136,4 +137,10 @@ def describe(study: Study, resources: Resources) -> str:
               f"at most {at_once} trial(s) run at once"
               + (f"; about {math.ceil(n_trials / at_once)} wave(s)" if at_once else
                  " (none fits: add resources or lower resources.workers_per_trial)")]
+    lines += estimate.by_backbone([t.spec for t in study.trials], samples)
+    missing = sorted({t.spec.data.root for t in study.trials
+                      if t.spec.data.root and t.spec.data.dataset != "synthetic" and not os.path.isdir(t.spec.data.root)})
+    if missing:
+        lines += ["", f"not checked on this machine (dry run): {len(missing)} dataset root(s) missing here: "
+                  + ", ".join(missing)]
     return "\n".join(lines)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = parse_args(argv)
     try:
-        study = build_study(load_spec_file(args.spec), source=args.spec, sets=args.sets)
+        study = build_study(load_spec_file(args.spec), source=args.spec, sets=args.sets,
+                            check_paths=not args.dry_run)
         resources = capacity.assumed_resources(args.assume_resources) if args.assume_resources else None
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)

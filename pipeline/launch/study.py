@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.specs.paths import deep_merge, get_path, set_path
-from pipeline.specs import GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec
+from pipeline.specs import CHECK_PATHS, GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec
 
 
 class SpecError(ValueError):
@@ -162,9 +162,13 @@ def load_spec_file(path: str | pathlib.Path) -> dict[str, Any]:
     return raw
 
 
-def build_study(raw: dict[str, Any], source: str = "spec", sets: list[str] | None = None) -> Study:
+def build_study(raw: dict[str, Any], source: str = "spec", sets: list[str] | None = None, *,
+                check_paths: bool = True) -> Study:
     """Validate a raw spec (after ``--set`` overrides), split it into launch, grid and trial fields, expand the grid
     and validate every trial.
+
+    ``check_paths=False`` (a dry run planning for another machine) leaves out the checks of this machine's files
+    (dataset roots); every value is still checked.
 
     Raises :class:`SpecError` listing every problem found (each distinct one once).
     """
@@ -201,7 +205,7 @@ def build_study(raw: dict[str, Any], source: str = "spec", sets: list[str] | Non
     problems += [problem for section, path in paths if (problem := _varied_problem(section, path))]
     if problems:
         raise SpecError(source, _unique(problems))
-    trials = _expand(raw, grid, source)
+    trials = _expand(raw, grid, source, check_paths)
     return Study(source=source, launch=launch, grid=grid, trials=trials, raw={**raw, **launch_raw, **grid_raw})
 
 
@@ -223,7 +227,7 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _expand(base: dict[str, Any], grid: GridSpec, source: str) -> list[Trial]:
+def _expand(base: dict[str, Any], grid: GridSpec, source: str, check_paths: bool = True) -> list[Trial]:
     axes = list(grid.grid.items())
     points = []
     for values in _grid_values(axes):
@@ -241,7 +245,7 @@ def _expand(base: dict[str, Any], grid: GridSpec, source: str) -> list[Trial]:
         varying = {p: v for p in varying_paths if not _is_path(v := _leaves(point).get(p))}
         label = "_".join(_short(v) for v in values)
         try:
-            spec = RunSpec.model_validate(point)
+            spec = RunSpec.model_validate(point, context={CHECK_PATHS: check_paths})
         except ValidationError as exc:
             prefix = f"trial {index} ({label}): " if len(points) > 1 else ""
             problems += [prefix + line for line in format_validation_error(exc, RunSpec)]

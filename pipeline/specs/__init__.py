@@ -25,7 +25,9 @@ from pipeline.specs.launch import (
     TrialLaunch,
 )
 from pipeline.specs.trial import (
+    CHECK_PATHS,
     DATASETS,
+    AugmentationSpec,
     BatchSpec,
     DataSpec,
     EvaluationSpec,
@@ -40,7 +42,7 @@ from pipeline.specs.trial import (
 )
 
 __all__ = [
-    "DATASETS", "GRID_KEYS", "LAUNCH_KEYS", "MOVED", "BatchSpec", "DataSpec",
+    "CHECK_PATHS", "AugmentationSpec", "DATASETS", "GRID_KEYS", "LAUNCH_KEYS", "MOVED", "BatchSpec", "DataSpec",
     "EvaluationSpec", "GridSpec", "LaunchOptions", "LaunchSpec", "LossSpec", "ModelSpec", "OTSpec", "OptimizerSpec",
     "Override", "ResourcesSpec", "RunSpec", "ScheduleSpec", "SchedulerSpec", "SearchDim", "SearchSpec", "Strict",
     "SyntheticSpec", "TrackingSpec", "TrialLaunch", "expand_env",

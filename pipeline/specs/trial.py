@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from diml import names
 from diml.options import MARGINAL_MODES, TRIAL_EVALUATION_OT, TRIAL_TRAINING_OT
 from pipeline.specs.common import NAME_PATTERN, Strict, expand_env
 
 DATASETS = ("synthetic", "cub200", "cars196", "sop", "folder")
+# Validation context key: False skips the checks that look at this machine's files (data.root), for a dry run
+# that plans a launch on another machine (``RunSpec.model_validate(raw, context={CHECK_PATHS: False})``).
+CHECK_PATHS = "check_paths"
 
 
 class SyntheticSpec(Strict):
@@ -23,6 +26,29 @@ class SyntheticSpec(Strict):
 
     num_classes: int = Field(48, ge=4, description="total classes, split half train / half test")
     images_per_class: int = Field(24, ge=2)
+
+
+class AugmentationSpec(Strict):
+    """Training augmentation and eval geometry (:class:`diml.data.transforms.Augmentation`); defaults: the authors'.
+
+    Data where a mirror image or a corner crop is another class (text, digits, documents) wants ``flip: false`` and
+    ``crop_scale: [0.8, 1.0]``.
+    """
+
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="RandomResizedCrop area range; null: the authors' [0.08, 1] ([0.5, 1] for synthetic)")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range")
+    flip: bool = Field(True, description="random horizontal flip in training")
+    random_crop: bool = Field(True, description="false: training uses the eval resize + centre crop")
+    eval_resize_ratio: float = Field(256 / 224, ge=1.0, le=4.0,
+                                     description="eval: resize the short side to image_size * ratio, centre-crop")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "AugmentationSpec":
+        from diml.data.transforms import Augmentation
+
+        Augmentation(**self.model_dump())  # its ValueError names the field and the rule
+        return self
 
 
 class DataSpec(Strict):
@@ -36,6 +62,7 @@ class DataSpec(Strict):
     skip_bad_images: bool = False
     loader_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per Train worker")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
 
     @field_validator("root", mode="before")
     @classmethod
@@ -43,7 +70,7 @@ class DataSpec(Strict):
         return expand_env(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _root_exists(self) -> "DataSpec":
+    def _root_exists(self, info: ValidationInfo) -> "DataSpec":
         if self.dataset == "synthetic":
             return self
         if not self.root:
@@ -51,7 +78,7 @@ class DataSpec(Strict):
                 f"data.root is required for dataset {self.dataset!r}: set it to the dataset folder "
                 "(see docs/DATASETS.md for where to obtain it)"
             )
-        if not os.path.isdir(self.root):
+        if not os.path.isdir(self.root) and (info.context or {}).get(CHECK_PATHS, True):
             raise ValueError(
                 f"data.root {self.root!r} does not exist or is not a folder: point it at the {self.dataset} "
                 "dataset (see docs/DATASETS.md)"
@@ -61,7 +88,9 @@ class DataSpec(Strict):
 
 class ModelSpec(Strict):
     backbone: str = "resnet50"
-    pretrained: bool = Field(False, description="load torchvision's ImageNet weights (needs them cached/online)")
+    pretrained: bool | str = Field(
+        False, description="torchvision ImageNet weights by enum name (IMAGENET1K_V1: the authors' resnet50; "
+        "IMAGENET1K_V2; DEFAULT), true = DEFAULT, false = none (needs them cached/online)")
     weights: str | None = Field(None, description="path of a local state dict for the backbone")
     embed_dim: int = Field(128, ge=1, le=8192)
     grid: int = Field(4, ge=1, le=32, description="cells per side of the structural grid (R = grid^2)")
@@ -69,6 +98,10 @@ class ModelSpec(Strict):
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the backbone")
     amp: bool = Field(False, description="bf16 autocast for the backbone on GPU (OT stays float32)")
+    align_corners: bool = Field(True, description="grid pooling's bilinear up-sampling (the authors: true)")
+    global_vector: Literal["auto", "map_mean", "cell_mean"] = Field(
+        "auto", description="map_mean: head(mean of the map); cell_mean: mean of the cell embeddings; auto (the "
+        "authors): cell_mean when loss.similarity is diml, else map_mean")
 
     @field_validator("backbone")
     @classmethod
@@ -86,6 +119,15 @@ class ModelSpec(Strict):
         if value is not None and not os.path.isfile(os.path.expanduser(value)):
             raise ValueError(f"model.weights {value!r} is not a file: give the path of a saved state dict")
         return value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_weights(cls, value: bool | str, info: ValidationInfo) -> bool | str:
+        from diml.models import weights_name
+
+        if isinstance(value, bool) or "backbone" not in info.data:
+            return value
+        return weights_name(info.data["backbone"], value) or False  # canonical name, e.g. DEFAULT -> IMAGENET1K_V2
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> "ModelSpec":
@@ -151,7 +193,10 @@ class OptimizerSpec(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-5, gt=0.0, le=10.0)
     weight_decay: float = Field(4e-4, ge=0.0, le=1.0)
-    loss_lr: float | None = Field(None, gt=0.0, le=10.0, description="lr of loss parameters (margin beta, proxies)")
+    loss_lr: float | None = Field(None, gt=0.0, le=10.0, description="lr of the loss's own parameters (margin "
+                                  "beta, proxies); null: the authors' per-loss rate (diml.losses.AUTHORS_LOSS_RATES)")
+    loss_weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="weight decay of the loss's own parameters "
+                                     "(the authors: 0)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
 
 
@@ -210,6 +255,14 @@ class EvaluationSpec(Strict):
     @classmethod
     def _metric_shape(cls, value: str) -> str:
         return names.check_selection_metric(value)
+
+    @model_validator(mode="after")
+    def _selection_depth_evaluated(self) -> "EvaluationSpec":
+        ranking = self.selection_metric.split("/")[0]
+        if ranking.startswith("diml_K") and ranking.removeprefix("diml_K") not in {str(d) for d in self.depths}:
+            raise ValueError(f"selection_metric {self.selection_metric!r} ranks at a depth that is not evaluated: "
+                             f"add {ranking.removeprefix('diml_K')} to evaluation.depths {self.depths}")
+        return self
 
 
 class ResourcesSpec(Strict):

@@ -24,7 +24,16 @@ def build_splits(spec: RunSpec):
     elif data.dataset == "folder":
         options = {"test_fraction": data.test_fraction}
     return _build(data.dataset, root=data.root, image_size=data.image_size, seed=spec.seed,
-                  val_fraction=data.val_fraction, skip_bad_images=data.skip_bad_images, **options)
+                  val_fraction=data.val_fraction, skip_bad_images=data.skip_bad_images,
+                  augmentation=augmentation(spec), **options)
+
+
+def augmentation(spec: RunSpec):
+    """The :class:`diml.data.Augmentation` of ``data.augmentation`` (a null crop_scale: the dataset's default)."""
+    from diml.data import Augmentation
+
+    values = spec.data.augmentation.model_dump()
+    return Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def build_model(spec: RunSpec) -> torch.nn.Module:
@@ -32,7 +41,15 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
 
     m = spec.model
     return _build(m.backbone, pretrained=m.pretrained, weights=m.weights, embed_dim=m.embed_dim, grid=m.grid,
-                  frozen_bn=m.frozen_bn)
+                  frozen_bn=m.frozen_bn, align_corners=m.align_corners, global_vector=global_vector(spec))
+
+
+def global_vector(spec: RunSpec) -> str:
+    """``model.global_vector`` with ``auto`` resolved as the authors do: the mean of the cell embeddings for a
+    DIML-trained model (``loss.similarity: diml``), the head applied to the map's mean otherwise."""
+    if spec.model.global_vector != "auto":
+        return spec.model.global_vector
+    return "cell_mean" if spec.loss.similarity == "diml" else "map_mean"
 
 
 def model_config(spec: RunSpec, model: torch.nn.Module) -> dict[str, Any]:
@@ -59,12 +76,15 @@ def build_loss(spec: RunSpec, num_classes: int) -> torch.nn.Module:
 
 
 def build_optimizer(spec: RunSpec, model: torch.nn.Module, loss: torch.nn.Module) -> torch.optim.Optimizer:
-    """Model parameters at ``optimizer.lr``; loss parameters (margin beta, proxies) at ``optimizer.loss_lr``."""
+    """Model parameters at ``optimizer.lr`` with ``optimizer.weight_decay``; the loss's own parameters (margin beta,
+    proxies) in their own group at ``optimizer.loss_lr`` (null: the authors' rate for the loss) with
+    ``optimizer.loss_weight_decay`` (the authors: 0), see :func:`diml.losses.loss_param_groups`."""
+    from diml.losses import loss_param_groups
+
     o = spec.optimizer
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": o.lr, "name": "model"}]
-    loss_params = [p for p in loss.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "lr": o.loss_lr or o.lr, "name": "loss"})
+    groups += loss_param_groups(loss, model_lr=o.lr, lr=o.loss_lr, weight_decay=o.loss_weight_decay,
+                                name=spec.loss.name)
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "adamw":

@@ -5,7 +5,8 @@ import torch
 
 from diml.models import build_model, load_checkpoint, model_config, read_checkpoint, save_checkpoint
 
-CONFIG = {"backbone": "resnet18", "embed_dim": 16, "grid": 2, "frozen_bn": True, "image_size": 32}
+CONFIG = {"backbone": "resnet18", "embed_dim": 16, "grid": 2, "frozen_bn": True, "image_size": 32,
+          "align_corners": True, "global_vector": "map_mean"}
 
 
 def _model():

@@ -23,9 +23,9 @@ class MapBackbone(nn.Module):
         return BackboneOutput(fmap, fmap.mean(dim=(2, 3)))
 
 
-def _block_mean_reference(fmap, grid):
+def _block_mean_reference(fmap, grid, align_corners=True):
     """Bilinear up-sampling to 4*grid, then the mean of each 4x4 block, computed with explicit loops."""
-    up = F.interpolate(fmap, size=(4 * grid, 4 * grid), mode="bilinear", align_corners=False)
+    up = F.interpolate(fmap, size=(4 * grid, 4 * grid), mode="bilinear", align_corners=align_corners)
     out = torch.empty(fmap.shape[0], fmap.shape[1], grid, grid)
     for i in range(grid):
         for j in range(grid):
@@ -37,6 +37,7 @@ def test_pool_to_grid_matches_block_means_of_the_upsampled_map():
     fmap = torch.randn(2, 5, 7, 3)
     torch.testing.assert_close(pool_to_grid(fmap, 4), _block_mean_reference(fmap, 4))
     torch.testing.assert_close(pool_to_grid(fmap, 2), _block_mean_reference(fmap, 2))
+    torch.testing.assert_close(pool_to_grid(fmap, 4, align_corners=False), _block_mean_reference(fmap, 4, False))
 
 
 def test_cells_are_row_major_and_share_the_global_head():

@@ -86,7 +86,8 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     assert beta.shape == (5,) and torch.allclose(beta, torch.full((5,), 0.6))
     opt = build.build_optimizer(spec, model, loss)
     assert isinstance(opt, torch.optim.AdamW)
-    assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("model", 1e-4), ("loss", 5e-3)]
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("model", 1e-4, 0.01),
+                                                                                ("loss", 5e-3, 0.0)]
     sched = build.build_scheduler(spec, opt)
     assert isinstance(sched, torch.optim.lr_scheduler.MultiStepLR) and sorted(sched.milestones) == [2, 4]
     labels = torch.arange(6).repeat_interleave(4).numpy()
@@ -96,7 +97,8 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     options = build.evaluation_options(spec)
     assert options["depths"] == (100,) and options["ot"].tol == 1e-6
     assert build.model_config(spec, model) == {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": True,
-                                               "image_size": 224}
+                                               "image_size": 224, "align_corners": True,
+                                               "global_vector": "map_mean"}
 
 
 def test_training_ot_defaults_are_what_the_training_benchmark_measures():
