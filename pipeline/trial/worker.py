@@ -268,7 +268,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)
-    logger = TrialLogger(ctx)
+    logger = TrialLogger(ctx, splits)
     if checkpoint is not None:
         logger.tags({"restored_from_epoch": str(progress.next_epoch)})
     if progress.next_epoch == 0 and spec.evaluation.before_training:
