@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = 
     root = pathlib.Path(args.gallery) if pathlib.Path(args.gallery).is_dir() else pathlib.Path(args.gallery).parent
     images = [query] + [open_image(p) for p in paths]
     ids = [str(query_path)] + [str(p.relative_to(root)) for p in paths]
-    glob, local = embed_images(model, images, image_size=image_size, device=args.device)
+    glob, local = embed_images(model, images, image_size=image_size, device=args.device, progress=True)
     ot = OTOptions(eps=args.eps, marginals=args.marginals)
     ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, ot=ot, ids=ids,
                          pairs=args.top, exact=args.exact, device=args.device)
