@@ -154,6 +154,17 @@ def ui_url(server: str, experiment_id: str) -> str:
             f"&viewStateShareKey={VIEW_KEY}")
 
 
+def ui_hint(uri: str, experiment: str) -> str:
+    """What the launcher prints at the end: how to start the UI on a local store, and the address of the
+    experiment's trials view (:func:`ui_url`)."""
+    found = client(uri).get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else "<experiment id>"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {ui_url(uri, experiment_id)}"
+    return (f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"  then open {ui_url('http://127.0.0.1:5000', experiment_id)}")
+
+
 # --------------------------------------------------------------------------------------------------- flattening
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts -> ``{"a.b.c": value}`` with stable dotted names; lists become JSON strings."""
