@@ -86,8 +86,16 @@ class TrialLogger:
         with tempfile.TemporaryDirectory() as folder:
             logged = []
             if self.ctx.log_checkpoint:
-from diml.distributed import unwrap_model
-from pipeline import logged_model, tracking
+                from diml.models import save_checkpoint
+
+                artifact_dir, name = os.path.split(tracking.CHECKPOINT_ARTIFACT)
+                path = os.path.join(folder, name)
+                config = build.model_config(spec, model)
+                save_checkpoint(path, model.state_dict(), config, loss_state=unwrap_model(module).loss.state_dict(),
+                                epoch=best_epoch, spec=spec.model_dump(mode="json"))
+                logged.append((path, artifact_dir))
+                with self._timed():
+                    logged_model.log_model(self.ctx.tracking_uri, self.ctx.run_id, model, config, step=step)
             if embeddings is not None and spec.evaluation.save_embeddings:
                 from diml.evaluation import save_embeddings
 
