@@ -137,7 +137,10 @@ def runs_view(depth: int) -> dict[str, Any]:
 
 
 def ensure_runs_view(uri: str, experiment_id: str, depth: int) -> None:
-    """Store :func:`runs_view` as the experiment's shared view :data:`VIEW_KEY` (unchanged if already there)."""
+    """Store :func:`runs_view` as the experiment's shared view :data:`VIEW_KEY` (unchanged if already there).
+
+    Each trial calls it at its start with its largest evaluated depth; in an experiment whose trials evaluate
+    different largest depths, the last trial to start sets the DIML@K columns."""
     c = client(uri)
     value = json.dumps(runs_view(depth))
     if c.get_experiment(experiment_id).tags.get(VIEW_TAG) != value:
