@@ -148,11 +148,9 @@ def test_report_from_mlflow(tiny_grid, tmp_path):
 
 
 def _shown(value: float) -> str:
-    """A metric value as MLflow 3.17's runs table prints it (``Utils.formatMetric`` in its JS bundle)."""
-    if value == 0:
-        return "0"
-    digits = 3 if abs(value) < 10 else 2 if abs(value) < 100 else 1
-    return f"{round(value, digits):.{digits}f}".rstrip("0").rstrip(".")
+    """A metric value as MLflow 3.17's runs table prints it: JavaScript's shortest round-trip form (Python's repr,
+    without the ".0" of a whole number)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
