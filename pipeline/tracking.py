@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,15 @@ TAG_LAUNCH = "diml.launch_id"
 TAG_ROLE = "diml.role"
 TRIAL_TAGS = ("dataset", "loss", "backbone", "similarity", "seed")
 CHECKPOINT_ARTIFACT = "checkpoint/best_model.pt"  # a trial's best model (diml.models.checkpoint format)
+VIEW_TAGS = ("dataset", "loss", "backbone", "similarity", "seed")
+# MLflow 3.17: the experiment kind the UI's kind selector writes (mlflow.experimentKind = custom_model_development,
+# shown as "Machine learning"); its experiment page loads a shared runs view from the experiment tag
+# mlflow.sharedViewState.<key> when the URL carries viewStateShareKey=<key>, and nests child runs under their parent
+# only when the runs are ordered by start time with no search filter (checked in mlflow/server/js/build, 3.17.2).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+VIEW_KEY = "diml-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 PACKAGES = ("torch", "torchvision", "ray", "mlflow", "pot", "pytorch-metric-learning", "faiss-cpu", "pydantic")
 
 
@@ -89,23 +97,75 @@ def client(uri: str):
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment ``name``, created (with an absolute artifact location) when missing."""
+    """The id of experiment ``name``, created (with an absolute artifact location) when missing, marked as a
+    model-training experiment (``mlflow.experimentKind``) either way."""
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             c.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     location = artifact_location or default_artifact_location(uri)
     if location and "://" not in location:
         location = pathlib.Path(location).expanduser().resolve().as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         found = c.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+# ------------------------------------------------------------------------------------------- the UI's runs view
+def headline_metrics(depth: int) -> list[str]:
+    """The final test metrics a user compares trials on: global and DIML@``depth`` R@1, RP and MAP@R."""
+    return [names.metric_key("best/test", ranking, metric) for ranking in (names.GLOBAL, names.ranking_name(depth))
+            for metric in names.SHOWN_METRICS]
+
+
+def runs_view(depth: int) -> dict[str, Any]:
+    """The runs table of an experiment as MLflow 3.17's UI stores a shared view: ordered by the best global R@1
+    (which also lists the trials flat, not folded under their launch run), with the headline metrics and the
+    tags to group by as columns."""
+    metrics = headline_metrics(depth)
+    columns = [f"metrics.`{name}`" for name in metrics] + [f"tags.`{tag}`" for tag in VIEW_TAGS]
+    return {"orderByKey": columns[0], "orderByAsc": False, "searchFilter": "", "selectedColumns": columns,
+            "columnOrder": ["attributes.`Run Name`", *columns]}
+
+
+def ensure_runs_view(uri: str, experiment_id: str, depth: int) -> None:
+    """Store :func:`runs_view` as the experiment's shared view :data:`VIEW_KEY` (unchanged if already there).
+
+    Each trial calls it at its start with its largest evaluated depth; in an experiment whose trials evaluate
+    different largest depths, the last trial to start sets the DIML@K columns."""
+    c = client(uri)
+    value = json.dumps(runs_view(depth))
+    if c.get_experiment(experiment_id).tags.get(VIEW_TAG) != value:
+        c.set_experiment_tag(experiment_id, VIEW_TAG, value)
+
+
+def ui_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs table with the trials' view, on the MLflow server (or ``mlflow ui``) at ``server``.
+
+    MLflow 3.17's UI opens an experiment in the GenAI or the model-training layout after a switch kept in the
+    browser (GenAI by default), whatever the experiment's kind: ``workflowType=machine_learning`` picks the latter.
+    """
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
+def ui_hint(uri: str, experiment: str) -> str:
+    """What the launcher prints at the end: how to start the UI on a local store, and the address of the
+    experiment's trials view (:func:`ui_url`)."""
+    found = client(uri).get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else "<experiment id>"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {ui_url(uri, experiment_id)}"
+    return (f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
+            f"  then open {ui_url('http://127.0.0.1:5000', experiment_id)}")
 
 
 # --------------------------------------------------------------------------------------------------- flattening
@@ -131,20 +191,15 @@ def _params(values: dict[str, Any]) -> list:
 
 
 def log_params(uri: str, run_id: str, values: dict[str, Any]) -> None:
-    items = _params(values)
-    c = client(uri)
-    for start in range(0, len(items), 90):
-        c.log_batch(run_id, params=items[start:start + 90])
+    """Log ``values`` as params (``MlflowClient.log_batch`` splits them into batches the store accepts)."""
+    client(uri).log_batch(run_id, params=_params(values))
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    c = client(uri)
-    for start in range(0, len(items), 900):
-        c.log_batch(run_id, metrics=items[start:start + 900])
+    client(uri).log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
 
 
 def evaluation_metrics(split: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -160,6 +215,11 @@ def evaluation_metrics(split: str, results: dict[str, dict[str, float]]) -> dict
 
 # ---------------------------------------------------------------------------------------------- runs of a launch
 def environment_tags() -> dict[str, str]:
+    """What MLflow's run-context providers set for a run of this process (``mlflow.source.name``, ``mlflow.user``,
+    ``mlflow.source.git.commit`` when the entry point is in a git checkout, ...), plus the host and the versions
+    of the packages a result depends on."""
+    from mlflow.tracking.context.registry import resolve_tags
+
     tags = {"host.platform": platform.platform(), "host.python": platform.python_version(),
             "host.cpus": str(os.cpu_count())}
     for name in PACKAGES:
@@ -167,25 +227,13 @@ def environment_tags() -> dict[str, str]:
             tags[f"version.{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     try:
         import torch
 
         tags["host.gpus"] = str(torch.cuda.device_count())
     except Exception:  # torch import problems must not stop tracking
         pass
-    return tags
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=pathlib.Path(__file__).resolve().parents[1])
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return {**resolve_tags(), **tags}
 
 
 def find_runs(uri: str, experiment_id: str, filter_string: str) -> list:
@@ -272,3 +320,45 @@ def _yaml_dump(tree: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(tree, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------- datasets and the host
+def dataset_digest(dataset) -> str:
+    """A digest of a split's content as the trial sees it: its image ids and labels, in order (16 hex digits)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for index in range(len(dataset)):
+        h.update(f"{dataset.image_id(index)}\t{int(dataset.labels[index])}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def log_datasets(uri: str, run_id: str, name: str, root: str | None, splits: dict[str, Any],
+                 contexts: dict[str, str]) -> None:
+    """Log each split (``{split name: SplitDataset or None}``) as an MLflow dataset input ``<name>/<split>`` with
+    the source ``root``, the number of images and classes as its profile, a content digest, and the split's
+    ``mlflow.data.context`` (``contexts[split]``: training, validation, testing)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, dataset in splits.items():
+        if dataset is None:
+            continue
+        profile = {"num_images": len(dataset), "num_classes": dataset.num_classes}
+        entity = Dataset(name=f"{name}/{split}", digest=dataset_digest(dataset), source_type="local",
+                         source=json.dumps({"uri": str(root) if root else f"{name} (generated)"}),
+                         profile=json.dumps(profile))
+        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, contexts[split])]))
+    client(uri).log_inputs(run_id, datasets=inputs)
+
+
+def start_system_metrics(uri: str, run_id: str):
+    """MLflow's system-metrics monitor for run ``run_id`` (``system/*`` metrics: CPU, memory, disk, network, and
+    GPU when ``pynvml`` is installed), started; stop it with ``.finish()``. Its sampling interval is MLflow's
+    (10 s, ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``); a restarted trial continues the steps it logged."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor

@@ -27,7 +27,7 @@ def ray_session():
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(address="local", num_cpus=6, include_dashboard=False, _temp_dir=temp,
              object_store_memory=200 * 1024**2, logging_level="WARNING",
-             runtime_env={"env_vars": {k: v for k, v in TEST_ENV.items() if k.startswith(("RAY_", "TUNE_"))}})
+             runtime_env={"env_vars": {k: v for k, v in TEST_ENV.items() if k.startswith(("RAY_", "TUNE_", "MLFLOW_SYSTEM_METRICS_"))}})
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -14,6 +14,7 @@ TEST_ENV = {
     "RAY_DEDUP_LOGS_SKIP_REGEX": "Failed to query Ray Train Controller actor state|PreemptionWatcher",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "MPLBACKEND": "Agg",
+    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",  # MLflow's default 10 s can outlast a tiny trial
 }
 
 TINY_SPEC = {

@@ -45,6 +45,7 @@ def iter_rankings(
     pair_chunk: int | None = None,
     symmetric: bool = True,
     queries: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """Rankings of the queries against all other images, chunk by chunk over queries.
 
@@ -62,6 +63,7 @@ def iter_rankings(
         query_chunk: queries per chunk; pair_chunk: stage-2 pairs per scorer call (default :func:`auto_pair_chunk`).
         symmetric: the scorer is symmetric in its two images (true of the structural similarity).
         queries: ``(Q,)`` gallery rows to rank (default: all ``N``).
+        progress: show a progress bar of stage 2 on stderr.
 
     Yields:
         ``(query_index (B,), {"global": (B, length), "diml@d": (B, length), ...})`` with gallery indices.
@@ -75,7 +77,7 @@ def iter_rankings(
             raise ValueError("similarity is required to re-rank: pass a CandidateSimilarity or depths=()")
         chunk = pair_chunk or auto_pair_chunk(tuple(local_emb.shape[1:]), device)
         stage2 = pair_scores(similarity, local_emb, global_emb, queries, cand_index[:, : max(depths)],
-                             pair_chunk=chunk, symmetric=symmetric)
+                             pair_chunk=chunk, symmetric=symmetric, progress=progress)
     for start in range(0, queries.shape[0], query_chunk):
         rows = slice(start, start + query_chunk)
         rankings = {GLOBAL: cand_index[rows]}
@@ -139,6 +141,7 @@ def evaluate(
     pair_chunk: int | None = None,
     candidate_similarity: CandidateSimilarity | None = None,
     symmetric: bool = True,
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Retrieval metrics of every image against all others, globally and after DIML re-ranking at each depth.
 
@@ -177,6 +180,8 @@ def evaluate(
             :func:`diml.ot.structural_similarity_candidates`).
         symmetric: the stage-2 scorer is symmetric in its two images (so each pair is scored once); set False for
             an asymmetric ``candidate_similarity``.
+        progress: show a progress bar of the re-ranking (stage 2) on stderr; off by default (e.g. in Ray workers,
+            whose progress Tune's table shows).
 
     Returns:
         ``{"global": {"R@1", ..., "RP", "MAP@R", "NMI"}, "diml@d": {"R@1", ..., "RP", "MAP@R"}, ...,
@@ -204,7 +209,7 @@ def evaluate(
     rankings = iter_rankings(
         global_emb, local_emb, length=length, depths=data.depths, similarity=similarity,
         query_chunk=query_chunk or auto_query_chunk(num_images, length, 1 + len(data.depths)),
-        pair_chunk=pair_chunk, symmetric=symmetric,
+        pair_chunk=pair_chunk, symmetric=symmetric, progress=progress,
     )
     sums = _metric_sums(rankings, data.labels, cutoff, valid, data.ks)
     result = {name: {m: 100.0 * float(v) / num_valid for m, v in totals.items()} for name, totals in sums.items()}

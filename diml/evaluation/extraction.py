@@ -19,11 +19,14 @@ def _unpack(output) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output.global_emb.float(), None if local is None else local.float()
 
 
-def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers):
+def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers, progress=False):
     """Embed ``dataset[indices]`` in order. Returns ``(global (n, D), local (n, D, R) | None, labels (n,))`` on
     ``device``."""
+    from tqdm.auto import tqdm
+
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
+    loader = tqdm(loader, desc="embedding", unit="batch", disable=not progress, leave=False)
     globals_, locals_, labels = [], [], []
     module = unwrap_model(model)
     was_training = module.training
@@ -63,7 +66,8 @@ def _gather_rank0(shard: torch.Tensor, num_images: int, rank: int, world: int, c
 
 
 def extract_embeddings(
-    model: torch.nn.Module, dataset: Dataset, *, batch_size: int, device, num_workers: int = 0
+    model: torch.nn.Module, dataset: Dataset, *, batch_size: int, device, num_workers: int = 0,
+    progress: bool = False,
 ) -> EmbeddingSet | None:
     """Embed every image of ``dataset`` with ``model`` in eval mode (the training mode is restored afterwards).
 
@@ -78,6 +82,7 @@ def extract_embeddings(
         batch_size: images per forward pass.
         device: where the model runs.
         num_workers: DataLoader workers.
+        progress: show a progress bar of the batches on stderr (rank 0 only; off by default, e.g. in Ray workers).
 
     Returns:
         :class:`~diml.evaluation.storage.EmbeddingSet` with CPU float32 embeddings, int64 labels and empty metadata
@@ -92,7 +97,7 @@ def extract_embeddings(
     if num_images < world or num_images == 0:
         raise ValueError(f"dataset has {num_images} images for {world} rank(s): every rank needs at least one image")
     glob, local, labels = _embed_shard(model, dataset, list(range(rank, num_images, world)), batch_size=batch_size,
-                                       device=device, num_workers=num_workers)
+                                       device=device, num_workers=num_workers, progress=progress and rank == 0)
     if not distributed:
         return EmbeddingSet(glob.cpu(), labels.cpu(), None if local is None else local.cpu(), {})
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")

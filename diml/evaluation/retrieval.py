@@ -79,6 +79,7 @@ def pair_scores(
     *,
     pair_chunk: int,
     symmetric: bool,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Stage-2 score of each query with each of its candidates, ``pair_chunk`` pairs per call of ``similarity``.
 
@@ -89,18 +90,24 @@ def pair_scores(
         queries: ``(Q,)`` int64; ``cand``: ``(Q, K)`` int64.
         symmetric: ``similarity(x, y) == similarity(y, x)``: score each unordered pair once, as ``(1, 1)`` calls
             batched over pairs. Otherwise each query with its own ``K`` candidates.
+        progress: show a progress bar of the scorer calls on stderr.
 
     Returns:
         ``(Q, K)`` float32.
     """
+    from tqdm.auto import tqdm
+
+    def bar(chunks):
+        return tqdm(chunks, desc="re-ranking", unit="chunk", disable=not progress, leave=False)
+
     if symmetric:
         low, high, inverse = unique_pairs(queries, cand, local_emb.shape[0])
         scores = torch.cat([_checked(similarity, local_emb, global_emb, lo, hi[:, None])[:, 0]
-                            for lo, hi in zip(low.split(pair_chunk), high.split(pair_chunk))])
+                            for lo, hi in bar(list(zip(low.split(pair_chunk), high.split(pair_chunk))))])
         return scores[inverse]
     rows = max(1, pair_chunk // cand.shape[1])
     return torch.cat([_checked(similarity, local_emb, global_emb, q, c)
-                      for q, c in zip(queries.split(rows), cand.split(rows))])
+                      for q, c in bar(list(zip(queries.split(rows), cand.split(rows))))])
 
 
 def _gather(emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

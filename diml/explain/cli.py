@@ -14,6 +14,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from diml.explain.flow import plot_matching_flow
 from diml.explain.images import embed_images, list_images, open_image
 from diml.explain.panel import plot_retrieval_panel
@@ -59,11 +61,15 @@ def _record(item: RankedItem) -> dict:
             "structural_score": item.structural_score, "final_score": item.final_score}
 
 
-def run(args: argparse.Namespace) -> list[pathlib.Path]:
-    """Run the CLI on parsed arguments; returns the written files."""
+def run(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = None) -> list[pathlib.Path]:
+    """Run the CLI on parsed arguments; returns the written files.
+
+    ``loaded``: ``(model, model_config)`` already loaded by a front end (e.g. an MLflow model loaded by
+    ``python -m pipeline.explain``) instead of ``args.checkpoint``; ``model(images) -> Embeddings``.
+    """
     if args.top < 1 or args.depth < 1:
         raise ValueError(f"--top and --depth must be >= 1, got {args.top} and {args.depth}")
-    model, config = load_checkpoint(args.checkpoint, device=args.device)
+    model, config = loaded if loaded is not None else load_checkpoint(args.checkpoint, device=args.device)
     image_size = args.image_size or config["image_size"]
     query_path = pathlib.Path(args.query)
     query = open_image(query_path)
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> list[pathlib.Path]:
     root = pathlib.Path(args.gallery) if pathlib.Path(args.gallery).is_dir() else pathlib.Path(args.gallery).parent
     images = [query] + [open_image(p) for p in paths]
     ids = [str(query_path)] + [str(p.relative_to(root)) for p in paths]
-    glob, local = embed_images(model, images, image_size=image_size, device=args.device)
+    glob, local = embed_images(model, images, image_size=image_size, device=args.device, progress=True)
     ot = OTOptions(eps=args.eps, marginals=args.marginals)
     ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, ot=ot, ids=ids,
                          pairs=args.top, exact=args.exact, device=args.device)
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> list[pathlib.Path]:
         path = out / f"explanation_{rank:02d}.json"
         path.write_text(item.explanation.to_json(indent=1))
         written.append(path)
-    summary = {"checkpoint": str(args.checkpoint), "query": str(query_path), "gallery": str(args.gallery),
+    summary = {"checkpoint": str(getattr(args, "checkpoint", None) or getattr(args, "model_uri", None)), "query": str(query_path), "gallery": str(args.gallery),
                "model_config": config, "image_size": image_size, "depth": ranking.depth, "eps": args.eps,
                "marginals": args.marginals, "before": [_record(i) for i in ranking.before],
                "after": [_record(i) for i in ranking.after]}
@@ -97,10 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-def execute(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = None) -> int:
     """:func:`run` with the CLI's reporting: the written paths on stdout, or a one-line error and status 2."""
     try:
-        written = run(args)
+        written = run(args, loaded)
     except (FileNotFoundError, ValueError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
+from tqdm.auto import tqdm
 
 from diml.data.transforms import eval_transform
 from diml.distributed import unwrap_model
@@ -84,8 +85,10 @@ def embed_images(
     image_size: int,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed ``images`` with ``model`` in eval mode (its training mode is restored).
+    """Embed ``images`` with ``model`` in eval mode (its training mode is restored); ``progress`` shows a progress
+    bar of the batches on stderr.
 
     Returns:
         ``(global_emb (N, D), local_emb (N, D, R))`` float32 on the CPU.
@@ -99,7 +102,8 @@ def embed_images(
     globals_, locals_ = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
+            for start in tqdm(range(0, len(images), batch_size), desc="embedding", unit="batch", disable=not progress,
+                              leave=False):
                 batch = torch.stack([model_input(im, image_size) for im in images[start:start + batch_size]])
                 out = module(batch.to(device))
                 globals_.append(out.global_emb.float().cpu())

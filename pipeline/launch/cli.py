@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SPEC
     print(outcome.render())
     print(f"\nwall time: {time.perf_counter() - started:.1f} s")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-          if uri.startswith(("sqlite:", "postgresql", "mysql")) else f"MLflow UI: {uri}")
+    print(tracking.ui_hint(uri, study.launch.tracking.experiment or study.name))
     return 0 if outcome.all_ok else EXIT_TRIALS_FAILED
 
 

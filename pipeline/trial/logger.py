@@ -1,6 +1,8 @@
 """MLflow logging of a trial from its rank-0 Train worker (one process per trial), timed.
 
-A no-op on the other ranks or without a run. Time spent in MLflow calls is added up and logged at the end as
+A no-op on the other ranks or without a run. At the start: the experiment's runs view (:func:`tracking.ensure_runs_view`),
+the dataset splits as MLflow dataset inputs, and MLflow's system-metrics monitor (CPU, memory, disk, network; GPU
+with ``pynvml``) on this worker's host until the end. Time spent in MLflow calls is added up and logged at the end as
 ``overhead/tracking_s``; the explanation figures' time as ``overhead/explanations_s``.
 """
 
@@ -14,16 +16,19 @@ import time
 from typing import Any
 
 from diml.distributed import unwrap_model
-from pipeline import tracking
+from pipeline import logged_model, tracking
 from pipeline.trial import build
+
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}  # mlflow.data.context values
 
 
 class TrialLogger:
     """MLflow logging from rank 0 only; ``ctx`` is the worker's context (spec, rank, run id, tracking URI)."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, splits=None):
         self.ctx = ctx
         self.seconds = 0.0
+        self.monitor = None
         self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
         if self.active:
             import socket
@@ -32,6 +37,15 @@ class TrialLogger:
 
             self.tags({"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
                        "workers": str(ctx.world_size)})
+            with self._timed():
+                uri, run_id = ctx.tracking_uri, ctx.run_id
+                experiment_id = tracking.client(uri).get_run(run_id).info.experiment_id
+                tracking.ensure_runs_view(uri, experiment_id, max(ctx.spec.evaluation.depths))
+                if splits is not None:
+                    tracking.log_datasets(uri, run_id, ctx.spec.data.dataset, ctx.spec.data.root,
+                                          {name: getattr(splits, name) for name in SPLIT_CONTEXT},
+                                          SPLIT_CONTEXT)
+                self.monitor = tracking.start_system_metrics(uri, run_id)
 
     @contextlib.contextmanager
     def _timed(self):
@@ -57,6 +71,7 @@ class TrialLogger:
         import ray.train
 
         self.tags({"failure": str(exc), "failure.epoch": str(epoch)})
+        self._stop_monitor()
         ray.train.report({"failed": 1, "failure": str(exc), "failure_epoch": epoch}, checkpoint=None)
         return {"status": "failed", "error": str(exc), "epoch": epoch}
 
@@ -75,10 +90,12 @@ class TrialLogger:
 
                 artifact_dir, name = os.path.split(tracking.CHECKPOINT_ARTIFACT)
                 path = os.path.join(folder, name)
-                save_checkpoint(path, model.state_dict(), build.model_config(spec, model),
-                                loss_state=unwrap_model(module).loss.state_dict(), epoch=best_epoch,
-                                spec=spec.model_dump(mode="json"))
+                config = build.model_config(spec, model)
+                save_checkpoint(path, model.state_dict(), config, loss_state=unwrap_model(module).loss.state_dict(),
+                                epoch=best_epoch, spec=spec.model_dump(mode="json"))
                 logged.append((path, artifact_dir))
+                with self._timed():
+                    logged_model.log_model(self.ctx.tracking_uri, self.ctx.run_id, model, config, step=step)
             if embeddings is not None and spec.evaluation.save_embeddings:
                 from diml.evaluation import save_embeddings
 
@@ -93,7 +110,14 @@ class TrialLogger:
                 explain_seconds = time.perf_counter() - start
             with self._timed():
                 tracking.log_artifacts(self.ctx.tracking_uri, self.ctx.run_id, logged)
+        self._stop_monitor()
         self.metrics({"overhead/tracking_s": self.seconds, "overhead/explanations_s": explain_seconds}, step)
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            with self._timed():
+                self.monitor.finish()
+            self.monitor = None
 
     def _explanations(self, model, dataset, embeddings, folder: str) -> str:
         from diml.explain import write_trial_explanations

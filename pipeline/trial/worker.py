@@ -89,6 +89,12 @@ def evaluate_split(train_module, dataset, ctx: Context):
     from diml.evaluation import evaluate, extract_embeddings
 
     model = unwrap_model(train_module).model
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        # DDP broadcasts rank 0's buffers before each training forward, so after the last step every rank holds its
+        # own BatchNorm running statistics: without this, the shards would be embedded by different models and the
+        # scores would not be those of the weights rank 0 checkpoints and logs
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     was_training = model.training
     model.eval()
     embeddings = extract_embeddings(model, dataset, batch_size=ctx.spec.evaluation.batch_size, device=ctx.device,
@@ -268,7 +274,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)
-    logger = TrialLogger(ctx)
+    logger = TrialLogger(ctx, splits)
     if checkpoint is not None:
         logger.tags({"restored_from_epoch": str(progress.next_epoch)})
     if progress.next_epoch == 0 and spec.evaluation.before_training:

@@ -72,7 +72,7 @@ def test_pinned_prints_pyproject_bounds_and_adds_rays_dashboard_extra():
         pinned.requirement(deps, "tensorflow")
 
 
-def test_sync_data_copies_once_and_redoes_an_interrupted_copy(tmp_path):
+def test_sync_data_copies_once_and_redoes_an_interrupted_copy(tmp_path, capsys):
     sync = _module("sync_data")
     source = tmp_path / "bucket" / "datasets"
     (source / "CUB_200_2011" / "images").mkdir(parents=True)
@@ -84,6 +84,8 @@ def test_sync_data_copies_once_and_redoes_an_interrupted_copy(tmp_path):
     assert sync.sync(str(source), dest) is True
     assert (dest / "CUB_200_2011" / "images" / "a.jpg").read_bytes() == b"\xff\xd8jpeg"
     assert (dest / "cars196" / "cars_annos.mat").read_bytes() == b"mat"
+    progress = capsys.readouterr().err
+    assert "sync_data: 100%" in progress and "9.00/9.00" in progress, progress  # 6 + 3 bytes copied
     assert sync.sync(str(source), dest) is False  # marker: a second `ray up` copies nothing
 
     (dest / sync.MARKER).unlink()  # as if the copy had been interrupted

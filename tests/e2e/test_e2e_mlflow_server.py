@@ -108,6 +108,11 @@ def test_launch_logs_through_a_remote_server(server, ray_session, tmp_path):
     assert len(child) == 1 and child[0]["info"]["status"] == "FINISHED"
     listed = _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={child[0]['info']['run_id']}&path=checkpoint")
     assert [f["path"] for f in listed["files"]] == ["checkpoint/best_model.pt"]
+    import mlflow
+
+    mlflow.set_tracking_uri(server)  # the logged model went through the server's artifact proxy too
+    info = mlflow.models.get_model_info(f"runs:/{child[0]['info']['run_id']}/model")
+    assert info.metadata["model_config"]["image_size"] == 32
 
 
 def test_unreachable_server_stops_the_launch_before_any_trial(tmp_path, capsys):
@@ -142,23 +147,49 @@ def test_report_from_mlflow(tiny_grid, tmp_path):
     assert image.size[0] >= 600 and len(set(image.convert("L").getdata())) > 10
 
 
+def _shown(value: float) -> str:
+    """A metric value as MLflow 3.17's runs table prints it: JavaScript's shortest round-trip form (Python's repr,
+    without the ".0" of a whole number)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
-def test_ui_renders_the_runs_in_headless_chromium(server, tiny_grid, tmp_path):
+def test_ui_lists_the_trials_with_their_r_at_1(server, tiny_grid, tmp_path):
+    """The URL the README gives, in a fresh browser profile: the model-training layout, the runs table with both
+    trials as rows (not folded under the launch run) and their best test R@1 as a column, without any click."""
+    from pipeline import tracking
+
     experiment = _get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")["experiment"]
-    url = f"{server}/#/experiments/{experiment['experiment_id']}/runs"
+    runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    trials = []
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        if tags.get("diml.role") == "trial":
+            metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+            trials.append((tags["mlflow.runName"], metrics["best/test/global/R_at_1"],
+                           metrics["best/test/diml_K5/R_at_1"]))
+    url = tracking.ui_url(server, experiment["experiment_id"])
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--virtual-time-budget=20000"]
-    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,900", "--virtual-time-budget=30000"]
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300).stdout
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
-    # the launch's parent run is listed with its two trials nested under it: 3 runs in the experiment
-    assert "3 matching runs" in text and " tiny " in text, text[-1500:]
+    assert "3 matching runs" in text and "Model registry" in text, text[-1500:]  # the model-training sidebar
+    assert "You're viewing a shared view" in text and "Sort: best/test/global/R_at_1" in text, text[-1500:]
+    table = text[text.index("Run Name"):text.index("matching runs")]
+    for name, global_r1, diml_r1 in trials:
+        assert f" {name} " in table, (name, table)
+        assert f" {_shown(global_r1)} " in table and f" {_shown(diml_r1)} " in table, (global_r1, diml_r1, table)
+    # trials first (ordered by global R@1, best first), the launch run without metrics last
+    order = sorted(trials, key=lambda t: -t[1])
+    positions = [table.index(f" {name} ") for name, _, _ in order] + [table.index(" tiny ")]
+    assert positions == sorted(positions), table
     shot = pathlib.Path(tiny_grid["folder"]) / "mlflow_ui.png"
-    subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True, timeout=300)
     from PIL import Image
 
     image = Image.open(shot)
-    assert image.size == (1400, 900)
+    assert image.size == (1600, 900)
     assert len(set(image.convert("L").getdata())) > 20
     print(f"MLflow UI screenshot: {shot}")

@@ -1,7 +1,10 @@
 """Tracking helpers: URI resolution, flattening, metric names, reachability errors, runs in a real local store."""
 
+import hashlib
+import json
 import math
 
+import numpy as np
 import pytest
 
 from pipeline import tracking
@@ -66,4 +69,60 @@ def test_parent_and_child_runs_in_a_local_store(tmp_path):
     assert run.data.tags["mlflow.parentRunId"] == parent
     parent_run = tracking.client(uri).get_run(parent)
     assert parent_run.data.tags["version.torch"]
+    assert parent_run.data.tags["mlflow.source.name"] and parent_run.data.tags["mlflow.user"]  # MLflow's providers
     assert (tmp_path / "art").is_dir()
+    _more_than_one_batch(uri, other)
+    _experiment_kind_and_runs_view(uri, exp)
+    _dataset_inputs(uri, other)
+
+
+def _more_than_one_batch(uri, run_id):
+    """250 params and 2500 metrics in one call each: MlflowClient.log_batch splits them (100 / 1000 per request)."""
+    tracking.log_params(uri, run_id, {f"p{i:03d}": i for i in range(250)})
+    tracking.log_metrics(uri, run_id, {f"m{i:04d}": float(i) for i in range(2500)}, step=1)
+    data = tracking.client(uri).get_run(run_id).data
+    assert [data.params[f"p{i:03d}"] for i in (0, 99, 100, 249)] == ["0", "99", "100", "249"]
+    assert sum(k.startswith("m") for k in data.metrics) == 2500 and data.metrics["m2499"] == 2499.0
+
+
+def _experiment_kind_and_runs_view(uri, exp):
+    c = tracking.client(uri)
+    assert c.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = c.create_experiment("made-elsewhere")  # an experiment created without the kind gets it
+    assert tracking.ensure_experiment(uri, "made-elsewhere") == older
+    assert c.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    tracking.ensure_runs_view(uri, exp, 100)
+    view = json.loads(c.get_experiment(exp).tags["mlflow.sharedViewState.diml-trials"])
+    assert view["orderByKey"] == "metrics.`best/test/global/R_at_1`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][3:6] == ["metrics.`best/test/diml_K100/R_at_1`", "metrics.`best/test/diml_K100/RP`",
+                                            "metrics.`best/test/diml_K100/MAP_at_R`"]
+    assert tracking.ui_url("http://h:5000/", exp) == \
+        f"http://h:5000/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=diml-trials"
+    assert f"#/experiments/{exp}/runs?" in tracking.ui_hint(uri, "unit") and "mlflow ui --backend-store-uri" in \
+        tracking.ui_hint(uri, "unit")
+
+
+class _Split:
+    def __init__(self, ids, labels):
+        self.ids, self.labels, self.num_classes = ids, np.asarray(labels), len(set(labels))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def image_id(self, index):
+        return self.ids[index]
+
+
+def _dataset_inputs(uri, run_id):
+    train = _Split(["a/1.jpg", "a/2.jpg", "b/1.jpg"], [0, 0, 1])
+    test = _Split(["c/1.jpg", "c/2.jpg"], [0, 0])
+    tracking.log_datasets(uri, run_id, "cub200", "/data/CUB_200_2011", {"train": train, "val": None, "test": test},
+                          {"train": "training", "test": "testing"})
+    inputs = {d.dataset.name: d for d in tracking.client(uri).get_run(run_id).inputs.dataset_inputs}
+    assert sorted(inputs) == ["cub200/test", "cub200/train"]
+    train_in = inputs["cub200/train"]
+    assert json.loads(train_in.dataset.profile) == {"num_images": 3, "num_classes": 2}
+    assert json.loads(train_in.dataset.source) == {"uri": "/data/CUB_200_2011"}
+    assert {t.key: t.value for t in train_in.tags}["mlflow.data.context"] == "training"
+    expected = hashlib.sha256(b"a/1.jpg\t0\na/2.jpg\t0\nb/1.jpg\t1\n").hexdigest()[:16]
+    assert train_in.dataset.digest == expected != inputs["cub200/test"].dataset.digest
