@@ -11,7 +11,7 @@ Public API:
 ``build_loss("multisimilarity", similarity="diml", ...)`` its multi-similarity-DIML.
 """
 
-from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners
+from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners, needs_positive_pairs
 from .structural import StructuralDistance, StructuralSimilarity, pack_embeddings, unpack_embeddings
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "check_loss",
     "list_losses",
     "list_miners",
+    "needs_positive_pairs",
     "pack_embeddings",
     "unpack_embeddings",
 ]

@@ -1,0 +1,166 @@
+"""Cross-field checks: values of a spec that must agree with each other or with the data, checked when the spec is
+validated (nothing is built, no image is read) instead of failing in the trials after Ray has started.
+
+Each check returns problem lines ``field.path: the bad value ...: the fix``; :mod:`pipeline.launch.study` reports
+them with the field errors, grouped over the trials of a grid.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pipeline.specs.launch import LaunchSpec
+from pipeline.specs.trial import METRIC_NAMES, RunSpec
+
+_DIML_RANKING = re.compile(r"^diml_K(\d+)$")
+_RECALL = re.compile(r"^R_at_(\d+)$")
+GLOBAL_ONLY_METRICS = ("NMI",)  # diml.evaluation.evaluate computes NMI on the global embedding only
+
+
+def trial_problems(spec: RunSpec) -> list[str]:
+    """Every cross-field problem of one trial's spec."""
+    return [*_selection_metric(spec), *_positive_pairs(spec), *_batch_classes(spec), *_schedule(spec),
+            *_data_sources(spec), *_precision(spec)]
+
+
+def launch_problems(launch: LaunchSpec, specs: list[RunSpec]) -> list[str]:
+    """Problems between the launch's own settings and its trials (one line each, however many trials)."""
+    search = launch.search
+    if not search or search.scheduler.name != "asha":
+        return []
+    problems = []
+    on_test = sum(spec.selection_split == "test" for spec in specs)
+    if on_test:
+        problems.append(
+            f"search.scheduler.name: 'asha' stops trials early on the selection split's score, but "
+            f"{on_test} of {len(specs)} trial(s) select on 'test' (data.val_fraction 0): the test set would pick "
+            "the surviving trials; set data.val_fraction (e.g. 0.15) or search.scheduler.name: fifo")
+    longest = max(spec.epochs for spec in specs)
+    if search.scheduler.grace_period >= longest:
+        problems.append(
+            f"search.scheduler.grace_period {search.scheduler.grace_period} is not below the longest trial's "
+            f"epochs ({longest}): ASHA could never stop a trial early; lower grace_period or use fifo")
+    return problems
+
+
+def _selection_metric(spec: RunSpec) -> list[str]:
+    e = spec.evaluation
+    ranking, metric = e.selection_metric.split("/")
+    field = f"evaluation.selection_metric {e.selection_metric!r}"
+    problems = []
+    depth = _DIML_RANKING.match(ranking)
+    if ranking != "global" and not depth:
+        problems.append(f"{field}: ranking {ranking!r} is neither 'global' nor 'diml_K<depth>': write e.g. "
+                        f"global/{metric} or diml_K{(e.depths or [100])[0]}/{metric}")
+    elif depth and int(depth.group(1)) not in e.depths:
+        problems.append(f"{field}: depth {depth.group(1)} is not evaluated (evaluation.depths {e.depths}): add "
+                        f"{depth.group(1)} to evaluation.depths or select on one of "
+                        f"{', '.join(f'diml_K{d}' for d in e.depths) or 'global'}")
+    elif depth and metric in GLOBAL_ONLY_METRICS:
+        problems.append(f"{field}: {metric} is computed for the global ranking only: select on global/{metric}")
+    recall = _RECALL.match(metric)
+    if recall and int(recall.group(1)) not in e.ks:
+        problems.append(f"{field}: Recall@{recall.group(1)} is not evaluated (evaluation.ks {e.ks}): add "
+                        f"{recall.group(1)} to evaluation.ks or select on R_at_{e.ks[0] if e.ks else 1}")
+    elif not recall and metric not in METRIC_NAMES:
+        problems.append(f"{field}: unknown metric {metric!r}: use R_at_<k> or one of {', '.join(METRIC_NAMES)}")
+    return problems
+
+
+def _positive_pairs(spec: RunSpec) -> list[str]:
+    from diml.losses import needs_positive_pairs
+
+    if spec.batch.images_per_class > 1 or not needs_positive_pairs(spec.loss.name):
+        return []
+    return [f"batch.images_per_class 1 with loss.name {spec.loss.name!r}: a batch of one image per class holds no "
+            "positive pair, so this pair-based loss has nothing to learn from; set batch.images_per_class >= 2 (the "
+            "paper uses 2) or a proxy loss (proxynca, proxyanchor, softmax, arcface, softtriple)"]
+
+
+def _batch_classes(spec: RunSpec) -> list[str]:
+    """The class-balanced sampler draws ``P`` distinct classes per worker batch out of the training split."""
+    from diml.data.class_counts import train_class_count, validation_class_count
+
+    d = spec.data
+    options: dict[str, Any] = {"test_fraction": d.test_fraction, "num_classes": d.synthetic.num_classes}
+    total = train_class_count(d.dataset, d.root, **options)
+    if total is None:
+        return []
+    held_out = validation_class_count(total, d.val_fraction)
+    if held_out >= total:
+        return [f"data.val_fraction {d.val_fraction} moves all {total} training classes of {d.dataset} to "
+                "validation: lower data.val_fraction"]
+    classes = total - held_out
+    workers = spec.resources.workers_per_trial
+    per_worker = spec.batch.size // workers
+    wanted = per_worker // spec.batch.images_per_class
+    if wanted <= classes:
+        return []
+    source = f"data.synthetic.num_classes {d.synthetic.num_classes} (half train)" if d.dataset == "synthetic" \
+        else f"{d.dataset} at {d.root}"
+    val = f" after data.val_fraction {d.val_fraction} held out {held_out}" if held_out else ""
+    return [f"batch.size {spec.batch.size}: each of the {workers} worker(s) draws {wanted} classes x "
+            f"{spec.batch.images_per_class} images per batch, but the training split of {source} holds {classes} "
+            f"classes{val}: lower batch.size to at most {classes * spec.batch.images_per_class * workers}, raise "
+            "batch.images_per_class, or use more classes"]
+
+
+def _schedule(spec: RunSpec) -> list[str]:
+    s = spec.schedule
+    if s.name == "multistep" and (late := [m for m in s.milestones if m >= spec.epochs]):
+        return [f"schedule.milestones {late} are not below epochs {spec.epochs}: those decays would never happen; "
+                f"choose milestones < {spec.epochs} or more epochs"]
+    if s.name == "step" and s.step_size >= spec.epochs:
+        return [f"schedule.step_size {s.step_size} is not below epochs {spec.epochs}: the rate would never decay; "
+                f"choose step_size < {spec.epochs} or schedule.name: none"]
+    return []
+
+
+def _data_sources(spec: RunSpec) -> list[str]:
+    if spec.data.dataset == "synthetic" and spec.data.root:
+        return [f"data.root {spec.data.root!r} is set but the synthetic dataset is generated on the fly: remove "
+                "data.root or choose a real data.dataset"]
+    return []
+
+
+def _precision(spec: RunSpec) -> list[str]:
+    if spec.model.amp and not spec.resources.use_gpu:
+        return ["model.amp is true but resources.use_gpu is false: bf16 autocast runs on GPUs only and would be "
+                "ignored; set resources.use_gpu: true or model.amp: false"]
+    return []
+
+
+def search_problems(launch: LaunchSpec, point: dict[str, Any]) -> list[str]:
+    """Every value a search dimension can draw (its bounds, or each choice) must make a valid trial spec: Tune
+    samples inside Ray, where a refused value would fail the trial after the launch started."""
+    from pydantic import ValidationError
+
+    from pipeline.specs.paths import set_path
+
+    problems = []
+    for path, dim in (launch.search.space.items() if launch.search else ()):
+        if dim.type == "choice":
+            candidates = list(dim.values)
+        elif dim.type == "randint":  # Tune's randint excludes high
+            candidates = [int(dim.low), int(dim.high) - 1]
+        else:
+            candidates = [dim.low, dim.high]
+        for value in candidates:
+            trial = _copy(point)
+            set_path(trial, path, value)
+            try:
+                RunSpec.model_validate(trial)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "spec"
+                problems.append(f"search.space.{path}: the {dim.type} value {value!r} makes an invalid trial "
+                                f"({where}: {first['msg'].removeprefix('Value error, ')}): change the range")
+                break
+    return problems
+
+
+def _copy(tree: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(tree)
