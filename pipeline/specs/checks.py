@@ -34,13 +34,9 @@ def launch_problems(launch: LaunchSpec, specs: list[RunSpec]) -> list[str]:
     if on_test:
         problems.append(
             f"search.scheduler.name: 'asha' stops trials early on the selection split's score, but "
-            f"{on_test} of {len(specs)} trial(s) select on 'test' (data.val_fraction 0): the test set would pick "
-            "the surviving trials; set data.val_fraction (e.g. 0.15) or search.scheduler.name: fifo")
-    longest = max(spec.epochs for spec in specs)
-    if search.scheduler.grace_period >= longest:
-        problems.append(
-            f"search.scheduler.grace_period {search.scheduler.grace_period} is not below the longest trial's "
-            f"epochs ({longest}): ASHA could never stop a trial early; lower grace_period or use fifo")
+            f"{on_test} of {len(specs)} trial(s) select on the test split (evaluation.selection_split, 'auto' with "
+            "data.val_fraction 0): the test set would pick the surviving trials; set data.val_fraction (e.g. 0.15) "
+            "and evaluation.selection_split auto or val, or search.scheduler.name: fifo")
     return problems
 
 

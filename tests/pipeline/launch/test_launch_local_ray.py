@@ -65,10 +65,12 @@ def test_sigkilled_launcher_leaves_no_process_of_its_instance(bystander):
                                 start_new_session=True)
     temp_dir, watchdog, *ray_like = launcher.stdout.readline().split()
     ray_like = [int(p) for p in ray_like]
-    # seen from outside: the launcher (it holds worker.out open), its watchdog (the dir is its argument), both
-    assert set(local_ray.instance_pids(temp_dir)) == {launcher.pid, int(watchdog), *ray_like}
-    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's whole group: the watchdog has its own session
-    launcher.wait()
+    try:
+        # seen from outside: the launcher (it holds worker.out open), its watchdog (the dir is its argument), both
+        assert set(local_ray.instance_pids(temp_dir)) == {launcher.pid, int(watchdog), *ray_like}
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's whole group: the watchdog has its own session
+        launcher.wait()
     assert _wait_gone(ray_like) == []
     assert _wait_gone([int(watchdog)]) == []
     assert not os.path.exists(temp_dir)
