@@ -7,6 +7,8 @@ them with the field errors, grouped over the trials of a grid.
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from typing import Any
 
@@ -76,11 +78,10 @@ def _positive_pairs(spec: RunSpec) -> list[str]:
 
 def _batch_classes(spec: RunSpec) -> list[str]:
     """The class-balanced sampler draws ``P`` distinct classes per worker batch out of the training split."""
-    from diml.data.class_counts import train_class_count, validation_class_count
+    from diml.data.class_counts import validation_class_count
 
     d = spec.data
-    options: dict[str, Any] = {"test_fraction": d.test_fraction, "num_classes": d.synthetic.num_classes}
-    total = train_class_count(d.dataset, d.root, **options)
+    total = _train_classes(d.dataset, d.root, d.test_fraction, d.synthetic.num_classes)
     if total is None:
         return []
     held_out = validation_class_count(total, d.val_fraction)
@@ -100,6 +101,14 @@ def _batch_classes(spec: RunSpec) -> list[str]:
             f"{spec.batch.images_per_class} images per batch, but the training split of {source} holds {classes} "
             f"classes{val}: lower batch.size to at most {classes * spec.batch.images_per_class * workers}, raise "
             "batch.images_per_class, or use more classes"]
+
+
+@functools.lru_cache(maxsize=64)
+def _train_classes(dataset: str, root: str | None, test_fraction: float, num_classes: int) -> int | None:
+    """Read once per dataset, not once per trial (a 180-trial grid shares three datasets)."""
+    from diml.data.class_counts import train_class_count
+
+    return train_class_count(dataset, root, test_fraction=test_fraction, num_classes=num_classes)
 
 
 def _schedule(spec: RunSpec) -> list[str]:
@@ -130,33 +139,41 @@ def _precision(spec: RunSpec) -> list[str]:
 def search_problems(launch: LaunchSpec, point: dict[str, Any]) -> list[str]:
     """Every value a search dimension can draw (its bounds, or each choice) must make a valid trial spec: Tune
     samples inside Ray, where a refused value would fail the trial after the launch started."""
+    problems = []
+    for path, dim in (launch.search.space.items() if launch.search else ()):
+        problems += _search_dim_problems(path, dim, point)
+    return problems
+
+
+def _search_candidates(dim) -> list[Any]:
+    """The bounds of a dimension and one value inside (a float field drawn for an int field shows there)."""
+    if dim.type == "choice":
+        return list(dim.values)
+    if dim.type == "randint":  # Tune's randint excludes high
+        return [int(dim.low), int(dim.high) - 1]
+    inside = dim.low + 0.37 * (dim.high - dim.low)
+    if dim.type == "loguniform":
+        inside = dim.low * (dim.high / dim.low) ** 0.37
+    elif dim.type == "quniform":
+        inside = round(inside / dim.q) * dim.q
+    return [dim.low, inside, dim.high]
+
+
+def _search_dim_problems(path: str, dim, point: dict[str, Any]) -> list[str]:
+    """The first value of ``dim`` that makes the trial spec ``point`` invalid, as a problem line (or none)."""
     from pydantic import ValidationError
 
     from pipeline.specs.paths import set_path
 
-    problems = []
-    for path, dim in (launch.search.space.items() if launch.search else ()):
-        if dim.type == "choice":
-            candidates = list(dim.values)
-        elif dim.type == "randint":  # Tune's randint excludes high
-            candidates = [int(dim.low), int(dim.high) - 1]
-        else:
-            candidates = [dim.low, dim.high]
-        for value in candidates:
-            trial = _copy(point)
-            set_path(trial, path, value)
-            try:
-                RunSpec.model_validate(trial)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "spec"
-                problems.append(f"search.space.{path}: the {dim.type} value {value!r} makes an invalid trial "
-                                f"({where}: {first['msg'].removeprefix('Value error, ')}): change the range")
-                break
-    return problems
-
-
-def _copy(tree: dict[str, Any]) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(tree)
+    for value in _search_candidates(dim):
+        trial = copy.deepcopy(point)
+        set_path(trial, path, value)
+        try:
+            RunSpec.model_validate(trial)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "spec"
+            shown = f"{value:.4g}" if isinstance(value, float) else repr(value)
+            return [f"search.space.{path}: the {dim.type} value {shown} makes an invalid trial "
+                    f"({where}: {first['msg'].removeprefix('Value error, ')}): change the range"]
+    return []

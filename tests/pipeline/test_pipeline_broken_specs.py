@@ -102,8 +102,11 @@ CATALOGUE = [
      "search.scheduler.name: 'asha' stops trials early on the selection split's score, but 1 of 1 trial(s) "
      "select on the test split"),
     ("search bound out of the field's range", spec(search={**SEARCH_LR, "scheduler": {"name": "fifo"}}),
-     "search.space.optimizer.lr: the loguniform value 100.0 makes an invalid trial (optimizer.lr: Input should be "
+     "search.space.optimizer.lr: the loguniform value 100 makes an invalid trial (optimizer.lr: Input should be "
      "less than or equal to 10)"),
+    ("uniform search over an int field", spec(search={"space": {"epochs": {"type": "uniform", "low": 1, "high": 4}},
+                                                      "scheduler": {"name": "fifo"}}),
+     "search.space.epochs: the uniform value 2.11 makes an invalid trial (epochs: Input should be a valid integer"),
     ("search choice not a loss", spec(search={"space": {"loss.name": {"type": "choice", "values": ["margin",
                                                                                                    "hinge"]}},
                                               "scheduler": {"name": "fifo"}}),
