@@ -149,6 +149,26 @@ def start_watchdog() -> LocalRay:
     return LocalRay(temp_dir, watchdog, write_end)
 
 
+def init_local(attempts: int = 2, **init_kwargs) -> LocalRay:
+    """``ray.init(address="local", ...)`` on a new instance owned by this launcher. Ray waits a fixed 30 s for its
+    node to register; on an overloaded machine that can run out, and the half-started instance is then cleared by
+    its watchdog and started once more."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        owner = start_watchdog()
+        try:
+            ray.init(address="local", _temp_dir=owner.temp_dir, **init_kwargs)
+            return owner
+        except BaseException as exc:
+            ray.shutdown()
+            owner.stop()
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            print(f"warning: Ray's node did not start in time ({exc}); starting it again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 def clear_orphans() -> list[str]:
     """Stop the instances left by launchers that are gone and whose watchdog is gone too; returns their temp
     dirs. An instance whose launcher or watchdog is alive is never touched."""

@@ -102,14 +102,9 @@ def _start_ray(study: Study, address: str | None, num_cpus: float | None) -> tup
         return True, None
     resources = capacity.local_resources()
     cpus = math.ceil(num_cpus or capacity.schedulable_cpus(study, resources))
-    owner = local_ray.start_watchdog()
-    try:
-        ray.init(address="local", num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
-                 runtime_env={**env, "worker_process_setup_hook": ray_workarounds.HOOK}, logging_level="WARNING",
-                 object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=owner.temp_dir)
-    except BaseException:
-        owner.stop()
-        raise
+    owner = local_ray.init_local(num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
+                                 runtime_env={**env, "worker_process_setup_hook": ray_workarounds.HOOK},
+                                 logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
     return True, owner
 
 

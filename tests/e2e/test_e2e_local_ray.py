@@ -18,7 +18,8 @@ from e2e_support import ROOT, TEST_ENV, TINY_SPEC, write_spec
 from pipeline.launch import local_ray
 
 pytestmark = pytest.mark.e2e
-# What Ray Train's PlacementGroupCleaner printed when it resolved the cluster by itself (pipeline.trial.ray_workarounds).
+# What Ray Train's PlacementGroupCleaner printed when it resolved the cluster by itself
+# (pipeline.trial.ray_workarounds).
 # (An overloaded machine may still print Ray's own "Failed to send resource request ... safe to ignore" traceback.)
 CLEAN_OUTPUT_FORBIDS = ("ConnectionError", "Found multiple active Ray instances", "PlacementGroupCleaner",
                         "Failed to query Ray Train Controller actor state")
