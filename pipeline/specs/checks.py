@@ -12,12 +12,13 @@ import functools
 import re
 from typing import Any
 
+from diml import names
 from pipeline.specs.launch import LaunchSpec
-from pipeline.specs.trial import METRIC_NAMES, RunSpec
+from pipeline.specs.trial import RunSpec
 
-_DIML_RANKING = re.compile(r"^diml_K(\d+)$")
-_RECALL = re.compile(r"^R_at_(\d+)$")
-GLOBAL_ONLY_METRICS = ("NMI",)  # diml.evaluation.evaluate computes NMI on the global embedding only
+_RECALL = re.compile(rf"^{re.escape(names.tracked_name(names.RECALL))}(\d+)$")
+METRICS = tuple(names.tracked_name(n) for n in (names.RP, names.MAP_AT_R, names.NMI))
+GLOBAL_ONLY_METRICS = (names.NMI,)  # diml.evaluation.evaluate computes NMI on the global embedding only
 
 
 def trial_problems(spec: RunSpec) -> list[str]:
@@ -47,22 +48,24 @@ def _selection_metric(spec: RunSpec) -> list[str]:
     ranking, metric = e.selection_metric.split("/")
     field = f"evaluation.selection_metric {e.selection_metric!r}"
     problems = []
-    depth = _DIML_RANKING.match(ranking)
-    if ranking != "global" and not depth:
-        problems.append(f"{field}: ranking {ranking!r} is neither 'global' nor 'diml_K<depth>': write e.g. "
-                        f"global/{metric} or diml_K{(e.depths or [100])[0]}/{metric}")
-    elif depth and int(depth.group(1)) not in e.depths:
-        problems.append(f"{field}: depth {depth.group(1)} is not evaluated (evaluation.depths {e.depths}): add "
-                        f"{depth.group(1)} to evaluation.depths or select on one of "
-                        f"{', '.join(f'diml_K{d}' for d in e.depths) or 'global'}")
-    elif depth and metric in GLOBAL_ONLY_METRICS:
-        problems.append(f"{field}: {metric} is computed for the global ranking only: select on global/{metric}")
+    depth = names.depth_of(ranking)
+    reranked = names.tracked_name(names.RERANKED)
+    if not names.is_ranking(ranking):
+        problems.append(f"{field}: ranking {ranking!r} is neither '{names.GLOBAL}' nor '{reranked}<depth>': write "
+                        f"e.g. {names.GLOBAL}/{metric} or {reranked}{(e.depths or [100])[0]}/{metric}")
+    elif depth is not None and depth not in e.depths:
+        problems.append(f"{field}: depth {depth} is not evaluated (evaluation.depths {e.depths}): add "
+                        f"{depth} to evaluation.depths or select on one of "
+                        f"{', '.join(f'{reranked}{d}' for d in e.depths) or names.GLOBAL}")
+    elif depth is not None and metric in GLOBAL_ONLY_METRICS:
+        problems.append(f"{field}: {metric} is computed for the global ranking only: select on "
+                        f"{names.GLOBAL}/{metric}")
     recall = _RECALL.match(metric)
     if recall and int(recall.group(1)) not in e.ks:
         problems.append(f"{field}: Recall@{recall.group(1)} is not evaluated (evaluation.ks {e.ks}): add "
                         f"{recall.group(1)} to evaluation.ks or select on R_at_{e.ks[0] if e.ks else 1}")
-    elif not recall and metric not in METRIC_NAMES:
-        problems.append(f"{field}: unknown metric {metric!r}: use R_at_<k> or one of {', '.join(METRIC_NAMES)}")
+    elif not recall and metric not in METRICS:
+        problems.append(f"{field}: unknown metric {metric!r}: use R_at_<k> or one of {', '.join(METRICS)}")
     return problems
 
 
