@@ -11,7 +11,7 @@ Public API:
 ``build_loss("multisimilarity", similarity="diml", ...)`` its multi-similarity-DIML.
 """
 
-from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners
+from .build import MetricLoss, build_loss, check_loss, list_losses, list_miners, needs_positive_pairs
 from .param_groups import AUTHORS_LOSS_RATES, authors_loss_lr, loss_param_groups
 from .structural import StructuralDistance, StructuralSimilarity, pack_embeddings, unpack_embeddings
 
@@ -26,6 +26,7 @@ __all__ = [
     "list_losses",
     "list_miners",
     "loss_param_groups",
+    "needs_positive_pairs",
     "pack_embeddings",
     "unpack_embeddings",
 ]

@@ -173,6 +173,13 @@ def _build_miner(miner: str | None, miner_params: dict | None):
     return entry.factory(**resolve_params(f"miner {miner!r}", entry.params, miner_params))
 
 
+def needs_positive_pairs(name: str) -> bool:
+    """Whether loss ``name`` learns from pairs of images of one class in a batch (pair, triplet, angular losses);
+    proxy and classification losses learn from single images."""
+    info = LOSSES.get(name).info
+    return bool(info.get("positive_pairs", info["metric"] is not None))
+
+
 def list_losses() -> list[str]:
     """Registered loss names, sorted."""
     return LOSSES.names()

@@ -11,6 +11,8 @@ benchmark) unless stated.  Each entry's ``info`` says how :func:`diml.losses.bui
 * ``miner``: whether the loss takes a miner's indices (``False``: it selects its own pairs or uses proxies).
 * ``mined_pairs_only``: given a miner, the loss reads only the mined (anchor, positive) and (anchor, negative)
   entries of the distance matrix, so the structural distance matches only those pairs.
+* ``positive_pairs``: whether the loss needs two images of a class in a batch (default: every loss with a pair
+  ``metric``); a batch of one image per class gives such a loss nothing to learn from.
 
 Every factory takes the resolved hyperparameters plus ``num_classes`` and ``embed_dim`` and returns a PML loss with
 its default (global) distance; ``build_loss`` swaps in the structural distance for ``similarity="diml"``.
@@ -229,7 +231,7 @@ def _softtriple(centers_per_class, la, gamma, margin, reg_weight, *, num_classes
 
 
 @LOSSES.register("angular", params={"alpha": Param(45.0, number(low=0, high=90, low_open=True))}, metric=None,
-                 miner=False)
+                 miner=False, positive_pairs=True)
 def _angular(alpha, *, num_classes, embed_dim):
     """Angular loss (Wang et al. 2017, :class:`NormalizedAngularLoss`, ``alpha`` in degrees) on normalised global
     embeddings;

@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.specs.paths import deep_merge, get_path, set_path
-from pipeline.specs import CHECK_PATHS, GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec
+from pipeline.specs.yaml_file import load_yaml_spec
+from pipeline.specs import CHECK_PATHS, GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec, checks
 
 
 class SpecError(ValueError):
@@ -150,15 +151,11 @@ def parse_set_option(option: str) -> tuple[str, Any]:
 
 
 def load_spec_file(path: str | pathlib.Path) -> dict[str, Any]:
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), [f"spec file {str(path)!r} does not exist: give the path of a YAML spec"])
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"not valid YAML: {exc}".replace("\n", " ")]) from None
-    if not isinstance(raw, dict):
-        raise SpecError(str(path), ["the spec must be a mapping of fields (name:, data:, model:, ...)"])
+    """The raw spec of a YAML file; a missing, binary or non-UTF-8 file, invalid YAML or a key written twice is a
+    :class:`SpecError` (see :mod:`pipeline.specs.yaml_file`)."""
+    raw, problems = load_yaml_spec(path)
+    if problems:
+        raise SpecError(str(path), problems)
     return raw
 
 
@@ -205,7 +202,7 @@ def build_study(raw: dict[str, Any], source: str = "spec", sets: list[str] | Non
     problems += [problem for section, path in paths if (problem := _varied_problem(section, path))]
     if problems:
         raise SpecError(source, _unique(problems))
-    trials = _expand(raw, grid, source, check_paths)
+    trials = _expand(raw, grid, source, launch, check_paths)
     return Study(source=source, launch=launch, grid=grid, trials=trials, raw={**raw, **launch_raw, **grid_raw})
 
 
@@ -227,7 +224,8 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _expand(base: dict[str, Any], grid: GridSpec, source: str, check_paths: bool = True) -> list[Trial]:
+def _expand(base: dict[str, Any], grid: GridSpec, source: str, launch: LaunchSpec | None = None,
+            check_paths: bool = True) -> list[Trial]:
     axes = list(grid.grid.items())
     points = []
     for values in _grid_values(axes):
@@ -240,22 +238,61 @@ def _expand(base: dict[str, Any], grid: GridSpec, source: str, check_paths: bool
                     set_path(point, p, v)
         points.append(point)
     varying_paths = _varying_leaves(points)
-    trials, problems = [], []
+    trials, found = [], []
     for index, (point, values) in enumerate(zip(points, _grid_values(axes))):
         varying = {p: v for p in varying_paths if not _is_path(v := _leaves(point).get(p))}
         label = "_".join(_short(v) for v in values)
         try:
             spec = RunSpec.model_validate(point, context={CHECK_PATHS: check_paths})
         except ValidationError as exc:
-            prefix = f"trial {index} ({label}): " if len(points) > 1 else ""
-            problems += [prefix + line for line in format_validation_error(exc, RunSpec)]
+            found += [(index, line) for line in format_validation_error(exc, RunSpec)]
             continue
+        found += [(index, line) for line in checks.trial_problems(spec)]
         trials.append(Trial(index=index, spec=spec, varying=varying, short=label))
+    problems = group_problems(found, [list(v) for v in _grid_values(axes)], [path for path, _ in axes])
+    if launch is not None and trials and not found:
+        problems += checks.launch_problems(launch, [t.spec for t in trials])
+        problems += checks.search_problems(launch, points[0])
     if problems:
-        raise SpecError(source, _collapse_trial_prefix(problems, len(points)))
+        raise SpecError(source, problems)
     labels = [t.label for t in trials]
     return [t if labels.count(t.label) == 1 else Trial(t.index, t.spec, t.varying, f"{t.label}-{t.index}")
             for t in trials]
+
+
+def group_problems(found: list[tuple[int, str]], points: list[list[Any]], axes: list[str]) -> list[str]:
+    """One line per distinct problem of a grid's trials (``found``: (trial index, problem)), saying in how many
+    trials it occurs and, when not in all, the grid values of those trials (``points``: each trial's axis values)."""
+    by_body: dict[str, list[int]] = {}
+    for index, body in found:
+        by_body.setdefault(body, [])
+        if index not in by_body[body]:
+            by_body[body].append(index)
+    n = len(points)
+    lines = []
+    for body, indices in by_body.items():
+        if n <= 1:
+            lines.append(body)
+        elif len(indices) == n:
+            lines.append(f"{body} (in all {n} trials)")
+        elif len(indices) == 1:
+            label = "_".join(_short(v) for v in points[indices[0]])
+            lines.append(f"trial {indices[0]} ({label}): {body}")
+        else:
+            lines.append(f"{body} (in {len(indices)} of {n} trials: {_which(indices, points, axes)})")
+    return lines
+
+
+def _which(indices: list[int], points: list[list[Any]], axes: list[str]) -> str:
+    """The grid values shared by the affected trials, axis by axis (axes whose every value is affected are left
+    out: they do not tell the trials apart)."""
+    parts = []
+    for position, axis in enumerate(axes):
+        every = list(dict.fromkeys(_short(p[position]) for p in points))
+        hit = list(dict.fromkeys(_short(points[i][position]) for i in indices))
+        if len(hit) < len(every):
+            parts.append(f"{axis}={'|'.join(hit)}")
+    return ", ".join(parts) or f"trials {', '.join(map(str, indices[:10]))}{' ...' if len(indices) > 10 else ''}"
 
 
 def _grid_values(axes: list[tuple[str, list[Any]]]):
@@ -266,17 +303,3 @@ def _varying_leaves(points: list[dict[str, Any]]) -> list[str]:
     leaf_sets = [_leaves(p) for p in points]
     keys = list(dict.fromkeys(k for leaves in leaf_sets for k in leaves))
     return [k for k in keys if len({repr(leaves.get(k)) for leaves in leaf_sets}) > 1]
-
-
-def _collapse_trial_prefix(problems: list[str], n_points: int) -> list[str]:
-    """The same problem in every trial (a base-spec error) is reported once, without the trial prefix."""
-    if n_points <= 1:
-        return _unique(problems)
-    bodies: dict[str, list[str]] = {}
-    for line in problems:
-        body = line.split("): ", 1)[1] if line.startswith("trial ") else line
-        bodies.setdefault(body, []).append(line)
-    out = []
-    for body, lines in bodies.items():
-        out.extend([f"{body} (in all {n_points} trials)"] if len(lines) == n_points else lines)
-    return out

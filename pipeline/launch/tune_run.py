@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import tracking
-from pipeline.launch import capacity, tune_state
+from pipeline.launch import capacity, local_ray, tune_state
 from pipeline.launch.study import Study
 from pipeline.results import ResultsTable, collect_results
 from pipeline.specs import TrialLaunch
 from pipeline.storage import as_uri
+from pipeline.trial import ray_workarounds
 from pipeline.trial.driver import SELECTION_SCORE, run_trial
 
 LOCAL_OBJECT_STORE = 1024**3  # checkpoints go to storage, not the object store
@@ -84,24 +85,27 @@ def _write_pointer(storage: str, launch: str, content: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ Ray/Tune
-def _start_ray(study: Study, address: str | None, num_cpus: float | None) -> bool:
-    """Join ``address`` / ``$RAY_ADDRESS`` or start a private local runtime; True when we started it."""
+def _start_ray(study: Study, address: str | None, num_cpus: float | None) -> tuple[bool, local_ray.LocalRay | None]:
+    """Join ``address`` / ``$RAY_ADDRESS`` or start a private local instance owned by this launcher (its own temp
+    dir, stopped by a watchdog if the launcher dies: :mod:`pipeline.launch.local_ray`). Returns whether we started
+    Ray, and the local instance's owner."""
     import ray
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        return False
+        return False, None
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {k: os.environ[k] for k in QUIET_ENV}}
     if address:
         ray.init(address=address, runtime_env=env, logging_level="WARNING")
-        return True
+        return True, None
     resources = capacity.local_resources()
     cpus = math.ceil(num_cpus or capacity.schedulable_cpus(study, resources))
-    ray.init(address="local", num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
-             runtime_env=env, logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
-    return True
+    owner = local_ray.init_local(num_cpus=cpus, num_gpus=int(resources.gpus), include_dashboard=False,
+                                 runtime_env={**env, "worker_process_setup_hook": ray_workarounds.HOOK},
+                                 logging_level="WARNING", object_store_memory=LOCAL_OBJECT_STORE)
+    return True, owner
 
 
 def _param_space(study: Study) -> dict[str, Any]:
@@ -192,7 +196,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
                        log_checkpoint=settings.tracking.log_checkpoint)
     clock = time.perf_counter()
     timings = {}
-    started_ray = _start_ray(study, address, num_cpus)
+    started_ray, owner = _start_ray(study, address, num_cpus)
     timings["ray start"] = time.perf_counter() - clock
     try:
         import ray
@@ -220,6 +224,8 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
             import ray
 
             ray.shutdown()
+        if owner is not None:
+            owner.stop()
     clock = time.perf_counter()
     table = collect_results(uri, experiment_id, parent)
     report_text = _report(uri, parent, experiment_id)

@@ -80,7 +80,8 @@ def test_search_space_becomes_tune_domains_and_combines_with_the_grid():
 
     from pipeline.launch.tune_run import _param_space
 
-    raw = {**BASE, "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+    raw = {**BASE, "data": {**BASE["data"], "val_fraction": 0.25},  # ASHA selects on a validation split
+           "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
                                         "loss.params.margin": {"type": "choice", "values": [0.1, 0.2]},
                                         "batch.batches_per_epoch": {"type": "randint", "low": 1, "high": 4}},
                               "num_samples": 3, "scheduler": {"name": "asha", "grace_period": 1}}}
@@ -107,7 +108,7 @@ def test_asha_max_t_comes_from_the_longest_trial_not_the_first(tmp_path):
     from pipeline.launch.tune_run import _tuner
     from pipeline.specs import TrialLaunch
 
-    raw = {**BASE, "epochs": 2, "grid": {"seed": [0, 1]},
+    raw = {**BASE, "epochs": 2, "grid": {"seed": [0, 1]}, "data": {**BASE["data"], "val_fraction": 0.25},
            "overrides": [{"when": {"seed": 1}, "set": {"epochs": 7}}],
            "search": {"space": {"optimizer.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}},
                       "scheduler": {"name": "asha"}}}

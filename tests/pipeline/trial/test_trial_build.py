@@ -75,7 +75,7 @@ def test_synthetic_spec_options_reach_the_dataset():
 def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     raw = {**BASE, "loss": {"name": "margin", "params": {"beta": 0.6}, "miner": "distance"},
            "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "loss_lr": 5e-3},
-           "schedule": {"name": "multistep", "milestones": [2, 4], "gamma": 0.5},
+           "schedule": {"name": "multistep", "milestones": [2, 4], "gamma": 0.5}, "epochs": 6,
            "batch": {"size": 8, "images_per_class": 2}, "resources": {"workers_per_trial": 2}}
     spec = build_study(raw).trials[0].spec
     model = build.build_model(spec)
