@@ -256,14 +256,6 @@ class EvaluationSpec(Strict):
     def _metric_shape(cls, value: str) -> str:
         return names.check_selection_metric(value)
 
-    @model_validator(mode="after")
-    def _selection_depth_evaluated(self) -> "EvaluationSpec":
-        ranking = self.selection_metric.split("/")[0]
-        if ranking.startswith("diml_K") and ranking.removeprefix("diml_K") not in {str(d) for d in self.depths}:
-            raise ValueError(f"selection_metric {self.selection_metric!r} ranks at a depth that is not evaluated: "
-                             f"add {ranking.removeprefix('diml_K')} to evaluation.depths {self.depths}")
-        return self
-
 
 class ResourcesSpec(Strict):
     workers_per_trial: int = Field(2, ge=1, le=1024)

@@ -122,5 +122,5 @@ def test_full_grid_dry_run_lists_losses_backbones_datasets_seeds_without_the_dat
 def test_selection_by_a_reranked_metric_needs_its_depth():
     spec = _spec(evaluation={"depths": [10, 100], "selection_metric": "diml_K100/R_at_1"})
     assert spec.evaluation.selection_metric == "diml_K100/R_at_1"
-    with pytest.raises(SpecError, match="ranks at a depth that is not evaluated: add 50 to evaluation.depths"):
+    with pytest.raises(SpecError, match="depth 50 is not evaluated .evaluation.depths .*add 50 to evaluation.depths"):
         _spec(evaluation={"depths": [10, 100], "selection_metric": "diml_K50/R_at_1"})
