@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import autoscaler
+from pipeline.launch import autoscaler
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FULL_GRID_WORKER = {"CPU": 6.0, "GPU": 1.0}  # specs/full_grid.yaml: 1 worker x (6 CPU, 1 GPU)
 
 
@@ -19,13 +19,13 @@ def _yaml(path: str) -> dict:
     return next(d for d in docs if d and d.get("kind", "RayCluster") == "RayCluster")
 
 
-def test_aws_config_grows_to_48_gpus_from_one_8_gpu_node():
+def test_aws_config_grows_to_48_gpus_from_the_head_alone():
     limits = autoscaler.from_autoscaling_config(_yaml("clusters/aws-gpu.yaml"), "aws-gpu.yaml")
-    # hand count: head (CPU 4), gpu_8x: min 1 max 4 x (96 CPU, 8 GPU), gpu_1x: min 0 max 16 x (16 CPU, 1 GPU)
+    # hand count: head (CPU 4), gpu_8x: min 0 max 4 x (96 CPU, 8 GPU), gpu_1x: min 0 max 16 x (16 CPU, 1 GPU)
     assert limits.total()["GPU"] == 4 * 8 + 16 * 1
-    assert limits.total(at_most=False)["GPU"] == 8
+    assert limits.nodes(at_most=False) == [{"CPU": 4.0}]
     assert autoscaler.max_trials(limits, FULL_GRID_WORKER, 1) == 48
-    assert autoscaler.fit_trials(limits.nodes(at_most=False), FULL_GRID_WORKER, 1) == 8
+    assert autoscaler.fit_trials(limits.nodes(at_most=False), FULL_GRID_WORKER, 1) == 0
     # 4 workers of 1 GPU per trial: 8-GPU nodes hold 2 trials each, the 16 single-GPU nodes 4 trials between them
     assert autoscaler.max_trials(limits, FULL_GRID_WORKER, 4) == (4 * 8 + 16) // 4
 
