@@ -32,13 +32,7 @@ import json
 import ray.tune, ray.train, ray.train.torch
 from ray.tune.integration.ray_train import TuneReportCallback
 import mlflow
-from pipeline import tracking, tune_state
-import importlib
-for name in ("pipeline.trial.driver", "pipeline.trial", "pipeline.worker", "pipeline.trial.worker"):
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        pass
+import pipeline.trial.driver, pipeline.trial.worker
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
 print("MEM=" + json.dumps({k: int(status[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}))
 """
@@ -86,14 +80,14 @@ def launch_rss() -> dict[int, tuple[str, int, int]]:
     from e2e_support import TEST_ENV, TINY_SPEC, write_spec
 
     spec = {**TINY_SPEC, "name": "driver-memory",
-            "resources": {**TINY_SPEC["resources"], "workers_per_trial": 1, "max_concurrent_trials": 2}}
+            "resources": {**TINY_SPEC["resources"], "workers_per_trial": 1}, "launch": {"max_concurrent_trials": 2}}
     peaks: dict[int, tuple[str, int, int]] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_sample, args=(peaks, stop), daemon=True)
     with tempfile.TemporaryDirectory(prefix="dmem-") as folder:
         path = write_spec(Path(folder), spec)
         argv = [sys.executable, "-m", "pipeline.launch", str(path), "--set", f"tracking.uri=sqlite:///{folder}/m.db",
-                "--set", f"tracking.artifact_location={folder}/art", "--set", f"resources.storage_path={folder}/ray"]
+                "--set", f"tracking.artifact_location={folder}/art", "--set", f"launch.storage_path={folder}/ray"]
         sampler.start()
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, **TEST_ENV, "PYTHONPATH": str(ROOT)})

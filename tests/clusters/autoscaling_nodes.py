@@ -42,6 +42,7 @@ from ray_nodes import (CLUSTER_ENV, NodeProcess, _node_command, _spawn, _stop_gr
 
 HEAD_TYPE = "ray.head.default"
 AUTOSCALER_ENV = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+START_ATTEMPTS = 2
 
 
 @dataclasses.dataclass
@@ -50,7 +51,8 @@ class AutoscalingCluster:
     temp_root: Path
     head: NodeProcess
     config: dict
-    started_at: float
+    started_at: float  # time.monotonic() when the head was started
+    started_wall: float = 0.0  # time.time() then, to place wall-clock events (MLflow runs) on the same axis
     head_node_id: str = ""
     events: list[tuple[float, list[str]]] = dataclasses.field(default_factory=list)  # (s, alive worker ids)
 
@@ -153,6 +155,18 @@ def _stop_named(temp_root: Path, grace: float) -> None:
             return
 
 
+def _wait_for_head(cluster: AutoscalingCluster, env: dict[str, str], timeout: float) -> bool:
+    """Until the head is alive in the GCS (True), or it exited or `timeout` passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and cluster.head.popen.poll() is None:
+        nodes = _alive(cluster.address, env)
+        if nodes and any(n["head"] for n in nodes):
+            cluster.head_node_id = next(n["id"] for n in nodes if n["head"])
+            return True
+        time.sleep(1.0)
+    return False
+
+
 @contextlib.contextmanager
 def autoscaling_cluster(worker_types: dict[str, dict], *, head_cpus: int = 1, object_store_mb: int = 100,
                         idle_timeout_minutes: float = 5.0, start_timeout: float = 90.0, stop_grace: float = 15.0,
@@ -178,24 +192,25 @@ def autoscaling_cluster(worker_types: dict[str, dict], *, head_cpus: int = 1, ob
                         for name, t in worker_types.items()}
         config_path = temp_root / "autoscaling.yaml"
         config = write_config(config_path, address, worker_types, head_cpus, idle_timeout_minutes)
-        cmd = _node_command(head=True, gcs_port=gcs_port, temp_dir=temp_root / "head", num_cpus=head_cpus,
-                            object_store_bytes=object_store_mb * 1024 * 1024, resources=None)
-        cmd.append(f"--autoscaling-config={config_path}")
-        t0 = time.monotonic()
-        head = _spawn("head", cmd, env, temp_root / "head.log")
-        started.append(head)
-        cluster = AutoscalingCluster(address=address, temp_root=temp_root, head=head, config=config, started_at=t0)
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if head.popen.poll() is not None:
-                raise RuntimeError(f"ray head exited with {head.popen.returncode}\n{cluster.logs()}")
-            nodes = _alive(address, env)
-            if nodes and any(n["head"] for n in nodes):
-                cluster.head_node_id = next(n["id"] for n in nodes if n["head"])
+        cluster = None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            # Ray gives a raylet 30 s to register with the GCS (hard-coded in Ray 2.60's node.py): on a loaded
+            # machine a start can miss it. A head that exits during start-up is stopped and started once more.
+            cmd = _node_command(head=True, gcs_port=gcs_port, temp_dir=temp_root / "head",
+                                num_cpus=head_cpus, object_store_bytes=object_store_mb * 1024 * 1024, resources=None)
+            cmd.append(f"--autoscaling-config={config_path}")
+            t0, wall = time.monotonic(), time.time()
+            head = _spawn("head", cmd, env, temp_root / f"head-{attempt}.log")
+            started.append(head)
+            cluster = AutoscalingCluster(address=address, temp_root=temp_root, head=head, config=config,
+                                         started_at=t0, started_wall=wall)
+            if _wait_for_head(cluster, env, start_timeout):
                 break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"autoscaling head not up after {start_timeout:.0f} s\n{cluster.logs()}")
-            time.sleep(1.0)
+            if attempt == START_ATTEMPTS:
+                raise RuntimeError(f"ray head did not start ({head.popen.returncode}) in {START_ATTEMPTS} "
+                                   f"attempts\n{cluster.logs()}")
+            _stop_group(head, stop_grace)
+            _stop_named(temp_root, stop_grace)
         watcher = threading.Thread(target=_watch, args=(cluster, env, stop, watch_every), daemon=True)
         watcher.start()
         yield cluster
