@@ -42,7 +42,7 @@ from ray_nodes import (CLUSTER_ENV, NodeProcess, _node_command, _spawn, _stop_gr
 
 HEAD_TYPE = "ray.head.default"
 AUTOSCALER_ENV = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ adds a node for each, each trial reaches MLflow once, and no process of the clus
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 import time
@@ -45,8 +46,8 @@ def _timeline(cluster, trials) -> str:
              "trials (MLflow child runs; rank 0's node):"]
     for r in sorted(trials, key=lambda r: r.info.start_time):
         start = r.info.start_time / 1000 - cluster.started_wall
-        end = (r.info.end_time or 0) / 1000 - cluster.started_wall
-        lines.append(f"  {r.info.run_name:<10} {r.data.tags.get('ray_trial_id', '?')}  +{start:6.1f} s .. +{end:6.1f} s"
+        end = f"+{r.info.end_time / 1000 - cluster.started_wall:6.1f} s" if r.info.end_time else "(running)"
+        lines.append(f"  {r.info.run_name:<10} {r.data.tags.get('ray_trial_id', '?')}  +{start:6.1f} s .. {end}"
                      f"  node {r.data.tags.get('ray_node_id', '?')[-8:]}  {r.info.status}")
     return "\n".join(lines)
 
@@ -64,6 +65,8 @@ def test_default_concurrency_fills_the_nodes_the_autoscaler_adds(tmp_path):
         argv = [sys.executable, "-m", "pipeline.launch", str(spec), "--address", cluster.address,
                 "--set", f"tracking.uri={uri}", "--set", f"tracking.artifact_location={tmp_path / 'art'}",
                 "--set", f"launch.storage_path={tmp_path / 'ray'}"]
+        dry = subprocess.run(argv + ["--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        print(f"\n--- dry run with --address ---\n{dry.stdout[-700:]}{dry.stderr[-2000:]}")
         started = time.monotonic()
         try:
             run = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
@@ -85,6 +88,9 @@ def test_default_concurrency_fills_the_nodes_the_autoscaler_adds(tmp_path):
         assert run.returncode == 0, cluster.logs()
     assert processes_in_groups([pgid]) == [] and processes_under(temp_root) == []
 
+    assert dry.returncode == 0 and "now: no trial fits" in dry.stdout, dry.stdout  # the head alone holds none
+    assert re.search(r"grown to its largest \(the autoscaler's config \S+autoscaling.yaml: 6 CPU, 0 GPU\): "
+                     r"at most 2 trial\(s\) run at once; about 1 wave\(s\)", dry.stdout), dry.stdout
     assert "concurrency: 2 trial(s) at once; fit now: 0, grown to its largest: 2" in run.stdout
     assert len(added) >= 2, report  # the autoscaler added nodes (none was up when the launch started)
     labels = sorted(r.data.tags["trial_index"] for r in trials)
