@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Prepare one cluster node for DIML: Python 3.11 venv (uv), torch from the given index, the project (editable,
-# from the copy the cluster launcher synced to ~/diml) with Ray's dashboard/job server, and ~/.diml/env (sourced
-# by ~/.bashrc, so every later command of the cluster launcher and every Ray process sees it).
+# Prepare one cluster node for DIML and write ~/.diml/env (sourced by ~/.bashrc, so every later command of the
+# cluster launcher and every Ray process sees it).
 #
-#   node-setup.sh --role head|worker --torch-index URL [--pip PKG ...] [--env NAME=VALUE ...]
+#   node-setup.sh --role head|worker [--from-image] [--pip PKG ...] [--env NAME=VALUE ...]
 #                 [--env-optional NAME=VALUE ...] [--data-from URI]
+#
+# --from-image: the node runs in the DIML image (clusters/kuberay/Dockerfile, the cluster configs' docker:
+# section), which already holds every package of clusters/requirements.lock and the project: nothing is installed.
+# Without it (machines without Docker): a Python 3.11 venv (uv) gets exactly the packages of
+# clusters/requirements.lock, then the project (editable, from the copy the cluster launcher synced to ~/diml)
+# with --no-deps, and clusters/scripts/lock.py check stops a node whose lock and pyproject.toml disagree.
 #
 # --env values come from the rendered cluster config (clusters/clusterconf.py render). An empty --env value means
 # the config was not rendered: the script stops with the fix instead of starting a cluster that fails hours later.
@@ -15,12 +20,12 @@ set -euo pipefail
 PROJECT="${DIML_PROJECT_DIR:-$HOME/diml}"
 VENV="${DIML_VENV:-$HOME/diml-venv}"
 UV_VERSION=0.13.9
-role="" torch_index="" data_from=""
+role="" from_image="" data_from=""
 pip_extra=() envs=() optional=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --role) role="$2"; shift 2 ;;
-    --torch-index) torch_index="$2"; shift 2 ;;
+    --from-image) from_image=1; shift ;;
     --pip) pip_extra+=("$2"); shift 2 ;;
     --env) envs+=("$2"); shift 2 ;;
     --env-optional) optional+=("$2"); shift 2 ;;
@@ -30,7 +35,6 @@ while [ $# -gt 0 ]; do
 done
 die() { echo "node-setup.sh: $*" >&2; exit 1; }
 [ "$role" = head ] || [ "$role" = worker ] || die "--role must be head or worker"
-[ -n "$torch_index" ] || die "--torch-index is empty: render the config with clusters/clusterconf.py"
 [ -f "$PROJECT/pyproject.toml" ] || die "$PROJECT/pyproject.toml missing: the file_mounts did not sync the project"
 [ -s "$HOME/.ray/auth_token" ] || die "~/.ray/auth_token missing: run 'ray get-auth-token --generate' on your machine before 'ray up'"
 for kv in ${envs[@]+"${envs[@]}"} ${optional[@]+"${optional[@]}"}; do
@@ -40,26 +44,32 @@ for kv in ${envs[@]+"${envs[@]}"}; do
   [ -n "${kv#*=}" ] || die "${kv%%=*} is empty: render the config first (python clusters/clusterconf.py render ...)"
 done
 
-# 1. uv and a Python 3.11 venv (the same minor version on every node, as Ray requires).
-if [ ! -x "$HOME/.local/bin/uv" ]; then
-  curl -LsSf "https://astral.sh/uv/$UV_VERSION/install.sh" | env UV_NO_MODIFY_PATH=1 sh
+if [ -n "$from_image" ]; then
+  # 1-2. The image holds the locked packages and the project: check that it is the image it claims to be.
+  PY="$(command -v python)"
+  "$PY" -c 'import diml, pipeline, ray, torch' || die "--from-image: this container lacks the project: run the DIML image"
+  VENV_PATH=""
+  [ "${#pip_extra[@]}" -eq 0 ] || "$PY" -m pip install --no-cache-dir "${pip_extra[@]}"
+else
+  # 1. uv and a Python 3.11 venv (the same minor version on every node, as Ray requires).
+  if [ ! -x "$HOME/.local/bin/uv" ]; then
+    curl -LsSf "https://astral.sh/uv/$UV_VERSION/install.sh" | env UV_NO_MODIFY_PATH=1 sh
+  fi
+  UV="$HOME/.local/bin/uv"
+  [ -x "$VENV/bin/python" ] || "$UV" venv --python 3.11 "$VENV"
+  PY="$VENV/bin/python"
+  VENV_PATH="$VENV/bin"
+  # 2. Exactly the locked packages (the versions every other node and the image run), then the project itself.
+  "$UV" pip install --python "$PY" -r "$PROJECT/clusters/requirements.lock" ${pip_extra[@]+"${pip_extra[@]}"}
+  "$PY" "$PROJECT/clusters/scripts/lock.py" check || die "clusters/requirements.lock disagrees with pyproject.toml"
+  "$UV" pip install --python "$PY" --no-deps -e "$PROJECT"
 fi
-UV="$HOME/.local/bin/uv"
-[ -x "$VENV/bin/python" ] || "$UV" venv --python 3.11 "$VENV"
-PY="$VENV/bin/python"
-
-# 2. torch/torchvision from the chosen index, with the bounds pyproject.toml declares; then the project with
-#    Ray's dashboard and job server (ray[default], same version as the project pins) and the extras asked for.
-mapfile -t reqs < <("$PY" "$PROJECT/clusters/scripts/pinned.py" "$PROJECT/pyproject.toml" torch torchvision ray)
-[ "${#reqs[@]}" -eq 3 ] || die "could not read the torch/torchvision/ray requirements from pyproject.toml"
-"$UV" pip install --python "$PY" --index-url "$torch_index" "${reqs[0]}" "${reqs[1]}"
-"$UV" pip install --python "$PY" -e "$PROJECT" "${reqs[2]}" ${pip_extra[@]+"${pip_extra[@]}"}
 
 # 3. ~/.diml/env: PATH to the venv, token authentication on every node, the values of the rendered config.
 mkdir -p "$HOME/.diml"
 {
   echo "# written by clusters/scripts/node-setup.sh ($role)"
-  echo "export PATH=\"$VENV/bin:\$PATH\""
+  [ -z "$VENV_PATH" ] || echo "export PATH=\"$VENV_PATH:\$PATH\""
   echo "export RAY_AUTH_MODE=token"
   echo "export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false"
   for kv in ${envs[@]+"${envs[@]}"} ${optional[@]+"${optional[@]}"}; do

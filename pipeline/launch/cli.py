@@ -32,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
                         help="override a spec field, e.g. --set optimizer.lr=1e-4 (repeatable)")
     parser.add_argument("--assume-resources", default=None, metavar="CPU=64,GPU=8",
-                        help="with --dry-run: plan for this cluster instead of the current machine")
+                        help="with --dry-run: plan for this fixed-size cluster instead of the current machine")
+    parser.add_argument("--assume-cluster", default=None, metavar="CLUSTER.yaml",
+                        help="with --dry-run: plan for this cluster launcher YAML or KubeRay RayCluster, as it "
+                             "starts and grown to its largest (e.g. clusters/aws-gpu.yaml)")
     parser.add_argument("--num-cpus", type=float, default=None,
                         help="local mode: logical CPUs Ray may schedule (default: enough for the spec)")
     return parser.parse_args(argv)
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = build_study(load_spec_file(args.spec), source=args.spec, sets=args.sets,
                             check_paths=not args.dry_run)
-        resources = capacity.assumed_resources(args.assume_resources) if args.assume_resources else None
+        resources = (capacity.assumed_cluster(args.assume_cluster) if args.assume_cluster else
+                     capacity.assumed_resources(args.assume_resources) if args.assume_resources else None)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SPEC

@@ -136,7 +136,11 @@ def _trainable(study: Study, launch: TrialLaunch):
 
     payloads = {t.label: {"spec": t.spec.model_dump(mode="json"), "index": t.index} for t in study.trials}
     bound = tune.with_parameters(run_trial, trials=payloads, launch=launch.model_dump(mode="json"))
-    return tune.with_resources(bound, {"cpu": study.launch.launch.driver_cpus})
+    options = study.launch.launch
+    driver = {"cpu": options.driver_cpus}
+    if options.driver_memory_mb:  # Ray places no more drivers (and their Train controllers) on a node than fit
+        driver["memory"] = options.driver_memory_mb * capacity.MIB
+    return tune.with_resources(bound, driver)
 
 
 def _trial_dirname(trial) -> str:
@@ -159,12 +163,16 @@ def _tuner(study: Study, launch: TrialLaunch, name: str, storage: str, resources
         scheduler = tune.schedulers.ASHAScheduler(
             metric=SELECTION_SCORE, mode="max", max_t=max_t, grace_period=search.scheduler.grace_period,
             reduction_factor=search.scheduler.reduction_factor)
+    at_once = max(1, capacity.concurrency(study, resources, autoscaling=autoscaling))
+    grown = capacity.grown_fit(study, resources) if autoscaling else None
+    print(f"concurrency: {at_once} trial(s) at once; fit now: {capacity.present_fit(study, resources)}"
+          + (f", grown to its largest: {grown} ({resources.limits_note})" if grown is not None else
+             f" (how far the cluster can grow: {resources.limits_note})" if autoscaling else ""))
     return tune.Tuner(
         trainable,
         param_space=_param_space(study),
         tune_config=tune.TuneConfig(num_samples=search.num_samples if search else 1, scheduler=scheduler,
-                                    max_concurrent_trials=max(1, capacity.concurrency(study, resources,
-                                                                                       autoscaling=autoscaling)),
+                                    max_concurrent_trials=at_once,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=study.launch.launch.trial_max_failures)),
@@ -201,8 +209,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
     try:
         import ray
 
-        total = ray.cluster_resources()
-        resources = capacity.Resources(total.get("CPU", 0.0), total.get("GPU", 0.0), "ray")
+        resources = capacity.cluster_resources("ray")
         if pointer and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable=_trainable(study, info), resume_unfinished=True,
                                        resume_errored=True, restart_errored=False)

@@ -30,12 +30,23 @@ class TrackingSpec(Strict):
     log_checkpoint: bool = True
 
 
+# Ray `memory` each trial's driver reserves: the Tune trial process (imports ray.train.torch, torch, MLflow) and Ray
+# Train's controller actor, which Ray Train pins to the driver's node. Measured (benchmarks/driver_memory.py, tiny
+# launch, 2 trials at once, Ray 2.60, torch 2.14.1): peak PSS 798 MiB + 532 MiB = 1330 MiB (RSS 1372 + 901 MiB,
+# shared library pages counted in each); rounded up.
+DRIVER_MEMORY_MB = 1400
+
+
 class LaunchOptions(Strict):
     """Where the launch keeps its results and how it schedules its trials on Ray."""
 
     storage_path: str | None = Field(None, description="Ray results/checkpoints: absolute path or s3:// gs://")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="cap on trials at once (default: what fits)")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="cap on trials at once (default: what fits "
+                                                                      "the cluster at its largest)")
     driver_cpus: float = Field(0.01, gt=0.0, le=8.0, description="CPU share of each trial's driver process")
+    driver_memory_mb: int = Field(DRIVER_MEMORY_MB, ge=0, le=1024**2,
+                                  description="Ray memory each trial's driver reserves (MiB; 0: none), so Ray "
+                                              "places no more drivers on a node than fit")
     trial_max_failures: int = Field(0, ge=0, description="Tune-level retries of a whole trial")
 
     @field_validator("storage_path", mode="before")

@@ -7,6 +7,7 @@ A RunSpec crosses the Ray boundary as ``spec.model_dump(mode="json")`` and is re
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -257,13 +258,38 @@ class EvaluationSpec(Strict):
         return names.check_selection_metric(value)
 
 
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 class ResourcesSpec(Strict):
     workers_per_trial: int = Field(2, ge=1, le=1024)
     use_gpu: bool = False
     gpus_per_worker: float = Field(0.0, ge=0.0, le=16.0)
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker needs, e.g. {a100: 1} for nodes that "
+                                          "declare them (ray start --resources)")
     max_failures: int = Field(1, ge=0, description="worker-group restarts of a trial from its last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1)
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in BUILTIN_RESOURCES or name.lower() in ("cpu", "gpu"):
+                raise ValueError(f"resources.worker_resources.{name}: a built-in resource; use cpus_per_worker / "
+                                 "gpus_per_worker (memory is not reserved per worker)")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]*", name):
+                raise ValueError(f"resources.worker_resources: {name!r} is not a Ray resource name "
+                                 "(letters, digits, _ . : -)")
+            if not 0 < amount <= 1024:
+                raise ValueError(f"resources.worker_resources.{name}: {amount} must be > 0 and <= 1024")
+        return value
+
+    def per_worker(self) -> dict[str, float]:
+        """The Ray resources of one worker (Ray Train's ``resources_per_worker``): CPU, GPU when used, custom."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {}),
+                **self.worker_resources}
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> "ResourcesSpec":

@@ -49,9 +49,7 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
     from pipeline.trial.worker import train_loop
 
     r = spec.resources
-    per_worker = {"CPU": r.cpus_per_worker}
-    if r.use_gpu:
-        per_worker["GPU"] = r.gpus_per_worker
+    per_worker = r.per_worker()
     threads = str(max(1, int(r.cpus_per_worker)))
     return TorchTrainer(
         train_loop,

@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
-import tomllib
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,16 +40,14 @@ def test_node_setup_stops_before_installing_anything_when_the_config_was_not_ren
     # An unrendered ${DIML_STORAGE} reaches the node's shell as an empty string.
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("token")
-    done = _node_setup(tmp_path, "--role", "worker", "--torch-index", "https://example.invalid/whl",
-                       "--env", "DIML_STORAGE=", "--env", "DIML_DATA=/data")
+    done = _node_setup(tmp_path, "--role", "worker", "--env", "DIML_STORAGE=", "--env", "DIML_DATA=/data")
     assert done.returncode == 1
     assert "DIML_STORAGE is empty: render the config first" in done.stderr
     assert not (tmp_path / ".local").exists() and not (tmp_path / ".diml").exists()  # nothing installed or written
 
 
 def test_node_setup_requires_the_ray_auth_token(tmp_path):
-    done = _node_setup(tmp_path, "--role", "head", "--torch-index", "https://example.invalid/whl",
-                       "--env", "DIML_STORAGE=s3://b/d")
+    done = _node_setup(tmp_path, "--role", "head", "--env", "DIML_STORAGE=s3://b/d")
     assert done.returncode == 1 and "ray get-auth-token --generate" in done.stderr
 
 
@@ -58,18 +56,21 @@ def test_node_setup_rejects_unknown_roles_and_arguments(tmp_path):
     assert "unknown argument --bogus" in _node_setup(tmp_path, "--bogus").stderr
 
 
-def test_pinned_prints_pyproject_bounds_and_adds_rays_dashboard_extra():
-    pinned = _module("pinned")
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    torch = next(d for d in deps if d.startswith("torch") and not d.startswith("torchvision"))
-    ray = next(d for d in deps if d.startswith("ray"))
-    assert pinned.requirement(deps, "torch") == torch
-    expected = ("ray[default," + ray[len("ray["):]) if ray.startswith("ray[") else ("ray[default]" + ray[len("ray"):])
-    assert pinned.requirement(deps, "ray") == expected
-    assert pinned.requirement(["ray==2.60.*"], "ray") == "ray[default]==2.60.*"
-    assert pinned.requirement(["ray[tune,default]>=2"], "ray") == "ray[default,tune]>=2"
-    with pytest.raises(SystemExit, match="not a dependency"):
-        pinned.requirement(deps, "tensorflow")
+def test_node_setup_from_the_image_installs_nothing_and_writes_the_env(tmp_path):
+    """In the DIML image (here: this interpreter, which has the project) the node only gets ~/.diml/env."""
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("token")
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "DIML_PROJECT_DIR": str(REPO), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", str(SCRIPTS / "node-setup.sh"), "--role", "worker", "--from-image",
+                           "--env", "DIML_STORAGE=s3://b/d", "--env", "DIML_DATA=/data"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / ".diml" / "env").read_text()
+    assert "export RAY_AUTH_MODE=token" in written and "export DIML_STORAGE=s3://b/d" in written
+    assert "PATH=" not in written  # the image's Python is already the one on PATH
+    assert not (tmp_path / ".local").exists() and not (tmp_path / "diml-venv").exists()  # no uv, no venv
+    assert "node-setup.sh: worker ready (ray 2.60" in done.stdout
 
 
 def test_sync_data_copies_once_and_redoes_an_interrupted_copy(tmp_path, capsys):

@@ -227,16 +227,17 @@ def test_launch_command_dry_runs_for_the_largest_aws_cluster(dataset_roots, caps
 # --------------------------------------------------------------------------------------------------- rendering
 def test_render_fills_values_makes_mounts_absolute_and_names_every_missing_value(tmp_path):
     values = {"DIML_AWS_AMI": "ami-0abc", "DIML_STORAGE": "s3://my-bucket/diml",
-              "DIML_DATA_SOURCE": "s3://my-bucket/datasets"}
+              "DIML_DATA_SOURCE": "s3://my-bucket/datasets", "DIML_IMAGE": "registry.example/diml:1"}
     (config,) = cc.render_file(CLUSTERS / "aws-gpu.yaml", values)
     assert config["provider"]["region"] == "us-west-2"  # default kept
     assert config["available_node_types"]["gpu_8x"]["node_config"]["ImageId"] == "ami-0abc"
     assert "--env DIML_STORAGE=s3://my-bucket/diml" in config["head_setup_commands"][0]
     assert config["file_mounts"]["~/diml/specs"] == str(REPO / "specs")
+    assert config["docker"]["image"] == "registry.example/diml:1"
 
     with pytest.raises(cc.ConfigError) as err:
         cc.render_file(CLUSTERS / "aws-gpu.yaml", {"DIML_STORAGE": "s3://b/d"})
-    assert {"DIML_AWS_AMI", "DIML_DATA_SOURCE"} <= set(re.findall(r"(DIML_\w+) is required", str(err.value)))
+    assert {"DIML_AWS_AMI", "DIML_DATA_SOURCE", "DIML_IMAGE"} <= set(re.findall(r"(DIML_\w+) is required", str(err.value)))
 
     out = tmp_path / "aws.yaml"
     env = {**os.environ, **values}

@@ -75,6 +75,14 @@ CATALOGUE = [
      "resources.max_concurrent_trials is now launch.max_concurrent_trials (a setting of the launch as a whole)"),
     ("bad launch value", _with("launch", {"driver_cpus": 0}), "launch.driver_cpus: Input should be greater than 0"),
     ("unknown launch key", _with("launch", {"storage": "/x"}), "'storage' is not a spec field; allowed under launch"),
+    ("negative driver memory", _with("launch", {"driver_memory_mb": -1}),
+     "launch.driver_memory_mb: Input should be greater than or equal to 0"),
+    ("built-in worker resource", _with("resources", {"worker_resources": {"GPU": 1}}),
+     "resources.worker_resources.GPU: a built-in resource; use cpus_per_worker / gpus_per_worker"),
+    ("bad worker resource name", _with("resources", {"worker_resources": {"a b": 1}}),
+     "resources.worker_resources: 'a b' is not a Ray resource name"),
+    ("zero worker resource", _with("resources", {"worker_resources": {"trialnode": 0}}),
+     "resources.worker_resources.trialnode: 0.0 must be > 0"),
 ]
 
 
@@ -259,3 +267,10 @@ def test_validation_builds_no_loss_and_solves_no_transport(monkeypatch):
     monkeypatch.setattr(diml.ot, "sinkhorn", refuse)
     study = build_study({**BASE, "loss": {"name": "margin", "similarity": "diml", "miner": "distance"}})
     assert study.trials[0].spec.loss.similarity == "diml"
+
+
+def test_custom_worker_resources_join_each_workers_ray_resources():
+    raw = {**{k: v for k, v in BASE.items() if k != "grid"}, "resources": {"worker_resources": {"trialnode": 0.5}}}
+    assert RunSpec.model_validate(raw).resources.per_worker() == {"CPU": 1.0, "trialnode": 0.5}
+    gpu = {**raw, "resources": {"use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 6}}
+    assert RunSpec.model_validate(gpu).resources.per_worker() == {"CPU": 6.0, "GPU": 1.0}

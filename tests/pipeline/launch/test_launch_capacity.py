@@ -13,8 +13,11 @@ BASE = {"name": "p", "data": {"dataset": "synthetic", "image_size": 32}, "model"
 
 
 def test_demand_counts_driver_share_and_workers():
-    spec = build_study(BASE).trials[0].spec
-    assert Demand.of(spec, 0.01) == Demand(cpus=0.01 + 2 * 4, gpus=2.0, workers=2)
+    study = build_study(BASE)
+    need = Demand.of(study.trials[0].spec, study.launch.launch)
+    assert (need.cpus, need.gpus, need.workers) == (0.01 + 2 * 4, 2.0, 2)
+    assert need.per_worker == {"CPU": 4.0, "GPU": 1.0}
+    assert need.driver == {"CPU": 0.01, "memory": 1400 * 1024**2}  # launch.driver_memory_mb default
 
 
 def test_concurrency_is_limited_by_the_scarcest_resource_and_the_spec():
@@ -117,3 +120,63 @@ def test_asha_max_t_comes_from_the_longest_trial_not_the_first(tmp_path):
     launch = TrialLaunch(tracking_uri=None, experiment_id=None, parent_run_id=None, storage_path=str(tmp_path))
     tuner = _tuner(study, launch, "asha", str(tmp_path), Resources(cpus=64, gpus=8, where="x"), autoscaling=False)
     assert tuner._local_tuner._tune_config.scheduler._max_t == 8  # a trial reports once per epoch, plus one
+
+
+# ------------------------------------------------------------------------------- a cluster that can grow
+def _limits(max_workers: int = 3):
+    from pipeline.launch import autoscaler
+
+    return autoscaler.from_autoscaling_config(
+        {"head_node_type": "head", "available_node_types": {
+            "head": {"resources": {"CPU": 4}, "max_workers": 0},
+            "gpu4": {"resources": {"CPU": 32, "GPU": 4}, "min_workers": 0, "max_workers": max_workers}}}, "cfg.yaml")
+
+
+def test_on_a_cluster_that_can_grow_tune_runs_what_fits_it_at_its_largest():
+    study = build_study(BASE)  # 6 trials of 2 workers x (4 CPU, 1 GPU)
+    head_only = Resources(cpus=4, gpus=0, where="cluster", nodes=({"CPU": 4.0, "memory": 20e9},), limits=_limits(2),
+                          limits_note="cfg.yaml")
+    assert concurrency(study, head_only) == 0                           # what is up now holds none
+    assert concurrency(study, head_only, autoscaling=True) == 4          # 2 nodes x 4 GPUs / 2 GPUs per trial
+    bigger = Resources(4, 0, "cluster", ({"CPU": 4.0},), _limits(10), "cfg.yaml")
+    assert concurrency(study, bigger, autoscaling=True) == 6             # 20 trials fit: the 6 trials bound it
+    capped = build_study(BASE, sets=["launch.max_concurrent_trials=3"])
+    assert concurrency(capped, bigger, autoscaling=True) == 3            # the spec's cap stays a cap
+    text = describe(study, head_only)
+    assert "now: no trial fits" in text
+    assert "grown to its largest (cfg.yaml: 68 CPU, 8 GPU): at most 4 trial(s) run at once; about 2 wave(s)" in text
+    assert "the launcher lets Tune start 4 trial(s) at once" in text
+
+
+def test_driver_memory_bounds_the_trials_a_node_holds():
+    study = build_study({**BASE, "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+                         "batch": {"size": 8, "images_per_class": 2}})
+    node = {"CPU": 64.0, "memory": 5 * 1400 * 1024**2}
+    assert concurrency(study, Resources(64, 0, "x", (node,))) == 5       # 64 CPUs, but memory for 5 drivers
+    unreserved = build_study({**BASE, "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+                              "batch": {"size": 8, "images_per_class": 2}}, sets=["launch.driver_memory_mb=0"])
+    assert concurrency(unreserved, Resources(64, 0, "x", (node,))) == 6  # the 6 trials
+
+
+def test_trials_that_never_fit_even_the_largest_cluster_are_refused():
+    study = build_study(BASE, sets=["resources.workers_per_trial=2", "resources.gpus_per_worker=8"])
+    grown = Resources(4, 0, "cluster", ({"CPU": 4.0},), _limits(5), "cfg.yaml")
+    problems = resource_problems(study, grown, local=False)
+    assert len(problems) == 6 and "never fit the cluster, even grown to its largest (cfg.yaml)" in problems[0]
+    assert resource_problems(build_study(BASE), grown, local=False) == []
+
+
+def test_dry_run_assume_cluster_plans_the_full_grid_on_the_aws_config(capsys, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    for name in ("CUB_200_2011", "cars196", "Stanford_Online_Products"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("DIML_DATA", str(tmp_path))
+    assert launch_main([str(root / "specs/full_grid.yaml"), "--dry-run",
+                        "--assume-cluster", str(root / "clusters/aws-gpu.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "trials: 180" in out and "now: no trial fits" in out  # the head alone: no GPU
+    # 4 x 8 + 16 x 1 GPUs at most, one GPU per trial: 48 at once, ceil(180 / 48) = 4 waves
+    assert "at most 48 trial(s) run at once; about 4 wave(s)" in out
+    assert "the launcher lets Tune start 48 trial(s) at once" in out
