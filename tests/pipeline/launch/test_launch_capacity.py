@@ -176,7 +176,7 @@ def test_dry_run_assume_cluster_plans_the_full_grid_on_the_aws_config(capsys, mo
     assert launch_main([str(root / "specs/full_grid.yaml"), "--dry-run",
                         "--assume-cluster", str(root / "clusters/aws-gpu.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "trials: 180" in out and "now: no trial fits" in out  # the head alone: no GPU
-    # 4 x 8 + 16 x 1 GPUs at most, one GPU per trial: 48 at once, ceil(180 / 48) = 4 waves
-    assert "at most 48 trial(s) run at once; about 4 wave(s)" in out
+    assert "trials: 540" in out and "now: no trial fits" in out  # the head alone: no GPU
+    # 4 x 8 + 16 x 1 GPUs at most, one GPU per trial: 48 at once, ceil(540 / 48) = 12 waves
+    assert "at most 48 trial(s) run at once; about 12 wave(s)" in out
     assert "the launcher lets Tune start 48 trial(s) at once" in out
