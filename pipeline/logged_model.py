@@ -14,6 +14,9 @@ serialise the :class:`diml.models.Embeddings` named tuple. The model's metadata 
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from typing import Any
 
 import torch
@@ -69,6 +72,32 @@ def signature(config: dict[str, Any]):
                                           TensorSpec(f32, (-1, dim, cells), "local_emb")]))
 
 
+_PROCESS_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def _process_store(uri: str):
+    """MLflow's model APIs read the store (and the logged model's experiment) from process-wide state, and
+    ``mlflow.set_tracking_uri`` / ``set_experiment`` also export ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_ID``
+    (checked in MLflow 3.17). Set them for one call only: left behind, the variable would override the tracking URI
+    of every later launch in this process (``tracking.resolve_tracking_uri`` prefers the environment)."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    from mlflow.tracking._tracking_service import utils
+
+    saved = (utils._tracking_uri, fluent._active_experiment_id, {k: os.environ.get(k) for k in _PROCESS_ENV})
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        utils._tracking_uri, fluent._active_experiment_id = saved[0], saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def log_model(uri: str, run_id: str, model: torch.nn.Module, config: dict[str, Any], *, step: int = 0):
     """Log ``model`` (a :class:`diml.models.DIMLModel` on any device) as the MLflow model :data:`ARTIFACT` of run
     ``run_id``; ``config`` is its checkpoint ``model_config``. Returns MLflow's ``ModelInfo``.
@@ -85,13 +114,13 @@ def log_model(uri: str, run_id: str, model: torch.nn.Module, config: dict[str, A
     copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     example = torch.zeros(EXAMPLE_BATCH, 3, config["image_size"], config["image_size"])
     # Model.log resolves the store and the logged model's experiment from the process-wide state, not from run_id
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id)
-    return mlflow.pytorch.log_model(
-        _TupleEmbedder(copy).eval(), name=ARTIFACT, run_id=run_id, step=step, signature=signature(config),
-        input_example=example.numpy(), serialization_format="pt2", metadata={"model_config": dict(config)},
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # no requirement inference subprocess
-        validate_serving_input=False)  # MLflow's pytorch serving check refuses tensor examples anyway
+    with _process_store(uri):
+        mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id)
+        return mlflow.pytorch.log_model(
+            _TupleEmbedder(copy).eval(), name=ARTIFACT, run_id=run_id, step=step, signature=signature(config),
+            input_example=example.numpy(), serialization_format="pt2", metadata={"model_config": dict(config)},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # no requirement inference subprocess
+            validate_serving_input=False)  # MLflow's pytorch serving check refuses tensor examples anyway
 
 
 def load_model(uri: str, run_id: str, device: str | torch.device = "cpu") -> tuple[LoggedEmbedder, dict[str, Any]]:
@@ -103,10 +132,10 @@ def load_model(uri: str, run_id: str, device: str | torch.device = "cpu") -> tup
     from mlflow.exceptions import MlflowException
 
     model_uri = f"runs:/{run_id}/{ARTIFACT}"
-    mlflow.set_tracking_uri(uri)
     try:
-        info = mlflow.models.get_model_info(model_uri)
-        exported = mlflow.pytorch.load_model(model_uri, device=device)
+        with _process_store(uri):
+            info = mlflow.models.get_model_info(model_uri)
+            exported = mlflow.pytorch.load_model(model_uri, device=device)
     except (MlflowException, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"run {run_id} in {uri} has no loadable MLflow model {ARTIFACT!r} ({first[:200]}); launch "

@@ -19,6 +19,34 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_store():
+    """A test that points MLflow at its store in-process (``mlflow.set_tracking_uri`` also exports
+    ``MLFLOW_TRACKING_URI``) must not decide the store of later tests' launches."""
+    import sys
+
+    def globals_of_mlflow():
+        if "mlflow" not in sys.modules:
+            return None
+        import mlflow.tracking.fluent as fluent
+        from mlflow.tracking._tracking_service import utils
+
+        return utils, fluent
+
+    modules = globals_of_mlflow()
+    before = (modules[0]._tracking_uri, modules[1]._active_experiment_id) if modules else (None, None)
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    yield
+    modules = globals_of_mlflow()
+    if modules:
+        modules[0]._tracking_uri, modules[1]._active_experiment_id = before
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A private local Ray runtime (never another cluster on this host), shut down at the end."""
