@@ -15,6 +15,7 @@ restore their own count, which is the same unless they changed it in between).
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
@@ -28,14 +29,17 @@ MIN_BLOCK_PAIRS = 1024  # below this many pairs per thread the solve keeps torch
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
+_POOL_PID = 0  # a forked child inherits the pool object but not its threads: it makes its own
 _POOL_LOCK = threading.Lock()
 _IN_WORKER = threading.local()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
     """The process's block pool, grown to ``threads`` workers on demand (threads start lazily)."""
-    global _POOL, _POOL_SIZE
+    global _POOL, _POOL_SIZE, _POOL_PID
     with _POOL_LOCK:
+        if _POOL_PID != os.getpid():
+            _POOL, _POOL_SIZE, _POOL_PID = None, 0, os.getpid()
         if _POOL is None or _POOL_SIZE < threads:
             old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(threads, thread_name_prefix="diml-ot"), threads
             if old is not None:

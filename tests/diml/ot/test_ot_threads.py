@@ -92,3 +92,19 @@ def test_even_blocks():
     ranges = similarity._even_ranges(1000, 81, 2)  # 13 blocks of 81 -> 14 of 71-72
     assert len(ranges) == 14 and ranges[0] == (0, 71) and ranges[-1][1] == 1000
     assert all(hi == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:])) and max(h - lo for lo, h in ranges) == 72
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_pool():
+    import os
+
+    _threads._pool(2).submit(int).result()  # the parent's pool has a live thread
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited pool has no threads; a new one must run the task
+        code = 1
+        try:
+            code = 0 if _threads._pool(2).submit(int, "7").result(timeout=30) == 7 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
