@@ -328,10 +328,11 @@ def _scaling_cases(quick: bool, cases: str):
 
 @contextlib.contextmanager
 def _cpu_critical_path():
-    """Yields ``cpu()``: CPU seconds of the calling thread plus those of the busiest block thread of
-    :func:`diml.ot._threads.map_blocks` (the wall time on an otherwise idle machine, up to cache and memory
-    contention).  On a machine shared with other work the wall-time ratio of 1 and 2 threads says how much CPU the
-    scheduler granted; this ratio says what the two threads would do alone."""
+    """Yields ``cpu()``: ``(busiest, even)``: CPU seconds of the calling thread plus those of the busiest block
+    thread of :func:`diml.ot._threads.map_blocks`, or plus the block threads' total over their number (the blocks
+    evenly shared, as on idle cores).  On a machine shared with other work the wall-time ratio of 1 and 2 threads
+    says how much CPU the scheduler granted; these say what the threads would do alone (up to cache and memory
+    contention; ``busiest`` also counts the blocks a thread took while the other was descheduled)."""
     per_thread, lock, original = {}, threading.Lock(), _threads.map_blocks
 
     def timed_map(fn, blocks, n_threads):
@@ -347,7 +348,8 @@ def _cpu_critical_path():
     main_start = time.thread_time()
     _threads.map_blocks = timed_map
     try:
-        yield lambda: main_cpu + max(per_thread.values(), default=0.0)
+        yield lambda: (main_cpu + max(per_thread.values(), default=0.0),
+                       main_cpu + sum(per_thread.values()) / max(len(per_thread), 1))
     finally:
         _threads.map_blocks = original
         main_cpu = time.thread_time() - main_start
@@ -384,8 +386,10 @@ def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, in
                          "ratio_2t_1t": statistics.median(ratios),
                          "ratio_spread": f"{ratios[len(ratios) // 4]:.2f}-{ratios[(3 * len(ratios)) // 4]:.2f} "
                                          f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})",
-                         "cpu_ratio_2t_1t": statistics.median(critical[threads[0]]) / statistics.median(
-                             critical[threads[1]]),
+                         "cpu_ratio_2t_1t": statistics.median(c[0] for c in critical[threads[0]]) / statistics.median(
+                             c[0] for c in critical[threads[1]]),
+                         "cpu_even_ratio_2t_1t": statistics.median(c[1] for c in critical[threads[0]])
+                         / statistics.median(c[1] for c in critical[threads[1]]),
                          "pot_batch_2t_pairs_per_s": pairs / pot, "speedup_vs_pot_batch_2t": pot / two,
                          "max_abs_sim_diff_1t_2t": float((sims[threads[0]] - sims[threads[1]]).abs().max()),
                          "load_1min": f"{load:.1f}-{os.getloadavg()[0]:.1f}", "bench": "ot_threads"})
@@ -400,8 +404,8 @@ COLUMNS = ("case", "features", "method", "pairs", "measured_pairs", "seconds", "
 
 
 SCALING_COLUMNS = ("case", "features", "pairs", "repeats", "pairs_per_s_1t", "pairs_per_s_2t", "ratio_2t_1t",
-                   "ratio_spread", "cpu_ratio_2t_1t", "pot_batch_2t_pairs_per_s", "speedup_vs_pot_batch_2t",
-                   "max_abs_sim_diff_1t_2t", "load_1min")
+                   "ratio_spread", "cpu_ratio_2t_1t", "cpu_even_ratio_2t_1t", "pot_batch_2t_pairs_per_s",
+                   "speedup_vs_pot_batch_2t", "max_abs_sim_diff_1t_2t", "load_1min")
 
 
 def _fmt(value) -> str:
