@@ -27,16 +27,23 @@ Timings are medians of repeats (ours) on a machine shared with other processes; 
 the method's, measured in the same run.  Use ``--threads 1`` on a shared machine (two contending threads were
 measured several times slower on these small batched ops).
 
+``--thread-scaling`` measures only ours at 1 and 2 intra-op threads, interleaved run by run in one process, and POT
+batched on 2 threads (the thread rows of ``run_all.py``): medians, the spread of the per-run ratio, the load.
+
 Usage::
 
     python benchmarks/bench_ot.py [--quick] [--threads 1]
+    python benchmarks/bench_ot.py --thread-scaling [--quick] [--repeats 15] [--cases a]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from diml.ot import (  # noqa: E402
     TRIAL_TRAINING_OT,
     OTOptions,
+    _threads,
     structural_similarity,
     structural_similarity_candidates,
 )
@@ -232,7 +240,8 @@ def _pot_batch_row(case, features, n_pairs, subset, terms, ours_flat):
     seconds, (sim, err) = _timed(run_it, 1)
     return {"case": case, "features": features, "method": "pot_batch", "pairs": n_pairs,
             "measured_pairs": len(subset), "seconds": seconds * n_pairs / len(subset), "max_marginal_err": err,
-            "max_abs_sim_diff_vs_ours": float((sim.double() - ours_flat[subset].double()).abs().max())}
+            "max_abs_sim_diff_vs_ours": (None if ours_flat is None else
+                                         float((sim.double() - ours_flat[subset].double()).abs().max()))}
 
 
 def bench_batch(features: str, quick: bool) -> list[dict]:
@@ -295,18 +304,119 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+def _scaling_cases(quick: bool, cases: str):
+    """``(case, features, pairs, ours(), pot_row())`` for the thread-scaling rows, the cases of :func:`run` (POT
+    batched on the same subsets); each tuple is used before the next is made (the closures read the loop's data)."""
+    for features in ("random", "near_duplicate") if "a" in cases else ():
+        local, glob, _ = batch_case(features)
+        n, q = local.shape[0], (112 if features == "random" else (3 if quick else 9))
+        terms = lambda: pair_terms_all(*_prepare(local[:q], glob[:q], local, glob, candidates=False),  # noqa: E731
+                                       "cross_attention")
+        yield ("a: 112-batch all pairs", features, n * n,
+               lambda: structural_similarity(local, glob, local, glob, ot=OTOptions(tol=TOL)),
+               lambda: _pot_batch_row("", "", n * n, torch.arange(q * n), terms, None))
+    nq, k = (200, 100) if quick else (1000, 100)
+    q = 20 if quick else 100
+    for features in ("random", "near_duplicate") if "b" in cases else ():
+        ql, qg, cl, cg = candidate_case(features, nq, k)
+        terms = lambda: pair_terms_candidates(*_prepare(ql[:q], qg[:q], cl[:q], cg[:q], candidates=True),  # noqa: E731
+                                              "cross_attention")
+        yield (f"b: {nq} queries x top-{k}", features, nq * k,
+               lambda: structural_similarity_candidates(ql, qg, cl, cg, ot=OTOptions(tol=TOL)),
+               lambda: _pot_batch_row("", "", nq * k, torch.arange(q * k), terms, None))
+
+
+@contextlib.contextmanager
+def _cpu_critical_path():
+    """Yields ``cpu()``: ``(busiest, even)``: CPU seconds of the calling thread plus those of the busiest block
+    thread of :func:`diml.ot._threads.map_blocks`, or plus the block threads' total over their number (the blocks
+    evenly shared, as on idle cores).  On a machine shared with other work the wall-time ratio of 1 and 2 threads
+    says how much CPU the scheduler granted; these say what the threads would do alone (up to cache and memory
+    contention; ``busiest`` also counts the blocks a thread took while the other was descheduled)."""
+    per_thread, lock, original = {}, threading.Lock(), _threads.map_blocks
+
+    def timed_map(fn, blocks, n_threads):
+        def timed(block):
+            start = time.thread_time()
+            out = fn(block)
+            with lock:
+                name = threading.current_thread().name
+                per_thread[name] = per_thread.get(name, 0.0) + time.thread_time() - start
+            return out
+        return original(timed if n_threads > 1 else fn, blocks, n_threads)
+
+    main_start = time.thread_time()
+    _threads.map_blocks = timed_map
+    try:
+        yield lambda: (main_cpu + max(per_thread.values(), default=0.0),
+                       main_cpu + sum(per_thread.values()) / max(len(per_thread), 1))
+    finally:
+        _threads.map_blocks = original
+        main_cpu = time.thread_time() - main_start
+
+
+def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, int] = (1, 2),
+                   cases: str = "ab") -> list[dict]:
+    """Ours at 1 and 2 intra-op threads, interleaved run by run in one process (``repeats`` each), and POT
+    batched on 2 threads: per case (``cases``: "a", "b" or "ab") the medians, the spread of the per-run ratio, and
+    the machine load (1-minute average before and after)."""
+    warnings.filterwarnings("ignore", module="ot")
+    repeats = repeats or (5 if quick else 15)
+    saved, rows = torch.get_num_threads(), []
+    try:
+        for case, features, pairs, ours, pot_row in _scaling_cases(quick, cases):
+            load = os.getloadavg()[0]
+            sims = {}
+            for t in threads:  # warm-up (and the similarities of each thread count)
+                torch.set_num_threads(t)
+                sims[t] = ours()
+            seconds, critical = {t: [] for t in threads}, {t: [] for t in threads}
+            for _ in range(repeats):
+                for t in threads:
+                    torch.set_num_threads(t)
+                    with _cpu_critical_path() as cpu:
+                        seconds[t].append(_timed(ours, 1)[0])
+                    critical[t].append(cpu())
+            torch.set_num_threads(threads[1])
+            pot = statistics.median(pot_row()["seconds"] for _ in range(1 if quick else 3))
+            ratios = sorted(a / b for a, b in zip(seconds[threads[0]], seconds[threads[1]]))
+            one, two = (statistics.median(seconds[t]) for t in threads)
+            rows.append({"case": case, "features": features, "pairs": pairs, "repeats": repeats,
+                         "pairs_per_s_1t": pairs / one, "pairs_per_s_2t": pairs / two,
+                         "ratio_2t_1t": statistics.median(ratios),
+                         "ratio_spread": f"{ratios[len(ratios) // 4]:.2f}-{ratios[(3 * len(ratios)) // 4]:.2f} "
+                                         f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})",
+                         "cpu_ratio_2t_1t": statistics.median(c[0] for c in critical[threads[0]]) / statistics.median(
+                             c[0] for c in critical[threads[1]]),
+                         "cpu_even_ratio_2t_1t": statistics.median(c[1] for c in critical[threads[0]])
+                         / statistics.median(c[1] for c in critical[threads[1]]),
+                         "pot_batch_2t_pairs_per_s": pairs / pot, "speedup_vs_pot_batch_2t": pot / two,
+                         "max_abs_sim_diff_1t_2t": float((sims[threads[0]] - sims[threads[1]]).abs().max()),
+                         "load_1min": f"{load:.1f}-{os.getloadavg()[0]:.1f}", "bench": "ot_threads"})
+            print(" ".join(f"{k}={_fmt(rows[-1][k])}" for k in SCALING_COLUMNS), file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(saved)
+    return rows
+
+
 COLUMNS = ("case", "features", "method", "pairs", "measured_pairs", "seconds", "pairs_per_s", "speedup",
            "max_marginal_err", "max_abs_sim_diff_vs_ours", "iterations")
 
 
-def print_table(rows: list[dict]) -> None:
-    def fmt(value):
-        if isinstance(value, float):
-            return f"{value:.3g}"
-        return "" if value is None else str(value)
+SCALING_COLUMNS = ("case", "features", "pairs", "repeats", "pairs_per_s_1t", "pairs_per_s_2t", "ratio_2t_1t",
+                   "ratio_spread", "cpu_ratio_2t_1t", "cpu_even_ratio_2t_1t", "pot_batch_2t_pairs_per_s",
+                   "speedup_vs_pot_batch_2t", "max_abs_sim_diff_1t_2t", "load_1min")
 
-    table = [list(COLUMNS)] + [[fmt(row.get(c)) for c in COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def print_table(rows: list[dict], columns=COLUMNS) -> None:
+    table = [list(columns)] + [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     for i, line in enumerate(table):
         print(" | ".join(cell.ljust(w) for cell, w in zip(line, widths)))
         if i == 0:
@@ -317,10 +427,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller samples and 200 queries in case (b)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--thread-scaling", action="store_true",
+                        help="only ours at 1 and 2 threads, interleaved, and POT batched on 2 threads")
+    parser.add_argument("--repeats", type=int, default=0, help="runs per thread count with --thread-scaling")
+    parser.add_argument("--cases", default="ab", choices=("a", "b", "ab"), help="cases for --thread-scaling")
     args = parser.parse_args()
+    start = time.perf_counter()
+    if args.thread_scaling:
+        print_table(thread_scaling(args.quick, args.repeats, cases=args.cases), SCALING_COLUMNS)
+        print(f"total {time.perf_counter() - start:.0f} s; ratio_2t_1t: median over interleaved runs of the 1-thread "
+              "time over the 2-thread time (spread: quartiles); load_1min: 1-minute load average before-after")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.perf_counter()
     rows = run(args.quick)
     print_table(rows)
     print(f"threads={torch.get_num_threads()} total {time.perf_counter() - start:.0f} s; loop/pot rows: measured on "

@@ -4,7 +4,9 @@
 
 Each section is the ``run()`` of its own script (``bench_ot.py``, ``bench_eval.py``, ``bench_train.py``,
 ``bench_pipeline.py``): rows measured side by side within a section, ratios against that section's baselines.
-Use ``--threads 1`` on a shared machine (contention makes small batched ops erratic).
+Use ``--threads 1`` on a shared machine (contention makes small batched ops erratic).  The ``ot_threads`` section
+sets its own thread counts: ours at 1 and 2 threads, interleaved, and POT batched on 2 threads
+(``bench_ot.thread_scaling``).
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-SECTIONS = ("ot", "eval", "train", "pipeline", "quickstart")
+SECTIONS = ("ot", "ot_threads", "eval", "train", "pipeline", "quickstart")
 KEYS = ("case", "features", "method", "loss", "similarity", "seconds", "pairs_per_s", "images_per_s", "step_s",
-        "speedup", "diml_overhead", "speedup_vs_1_worker", "trial_to_first_batch_s", "wall_s")
+        "speedup", "pairs_per_s_1t", "pairs_per_s_2t", "ratio_2t_1t", "ratio_spread", "speedup_vs_pot_batch_2t",
+        "diml_overhead", "speedup_vs_1_worker", "trial_to_first_batch_s", "wall_s")
 
 
 def _section(name: str, quick: bool, device: str) -> list[dict]:
     if name == "ot":
         import bench_ot
         return bench_ot.run(quick=quick)
+    if name == "ot_threads":  # its own 1 and 2 threads, whatever --threads says
+        import bench_ot
+        return bench_ot.thread_scaling(quick=quick)
     if name == "eval":
         import bench_eval
         return bench_eval.run(quick=quick, device=device)

@@ -8,7 +8,8 @@ LLVM vectorises, each lane is checked on its own schedule and refilled with the 
 leaves: about 40-50 ns per problem and iteration (a per-problem kernel measured 130 ns: LLVM does not vectorise
 16-long loops).  The Newton polish (float64, one problem at a time, its own small Cholesky) takes ``n + m``
 ``expm1`` per trial step instead of ``n m``; measured 17 us per near-duplicate problem against 75 us for the
-batched tensor polish.  Both release the GIL and split large batches over torch's intra-op threads.
+batched tensor polish.  Both release the GIL and split large batches over torch's intra-op threads (outside the
+per-thread blocks of :mod:`diml.ot._threads`, which run them in one thread each).
 
 The algorithms are the tensor path's (same updates, same checks every ``check_every`` iterations, same switch rule,
 same Newton steps and line search), so a problem takes the same number of iterations and Newton steps on both
@@ -28,10 +29,11 @@ import importlib.util
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from diml.ot._threads import over_ranges
 
 # reassociation lets LLVM vectorise the row updates; no 'nnan'/'ninf' (zero-mass rows produce log(0) = -inf)
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -86,8 +88,8 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
     options = (int(max_iter), float(tol), int(check_every), int(min_iters), float(switch_iters), bool(polish),
                float(absorb_log))
 
-    _over_threads(lambda lo, hi: _scale_problems(*(t[lo:hi] for t in arrays), *options, *(t[lo:hi] for t in outs)),
-                  B, 4 * LANES)
+    over_ranges(lambda lo, hi: _scale_problems(*(t[lo:hi] for t in arrays), *options, *(t[lo:hi] for t in outs)),
+                B, 4 * LANES)
     neg = torch.finfo(outputs.x.dtype).min / 4  # log(0) held as a large finite negative number, as the tensor path
     for scalings, marginal in ((outputs.x, a), (outputs.y, b)):
         scalings.copy_(torch.where(marginal > 0, scalings.log(), neg))
@@ -98,18 +100,6 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
 
 
 LANES = 64  # problems iterated side by side (the innermost, vectorised axis); measured 64 > 48 > 128 >> 16, 32
-
-
-def _over_threads(run, B: int, min_per_thread: int) -> None:
-    """``run(lo, hi)`` on contiguous slices of ``range(B)``, over torch's intra-op threads when each gets at least
-    ``min_per_thread`` problems (the kernels release the GIL and write disjoint output slices)."""
-    threads = min(torch.get_num_threads(), B // min_per_thread)
-    if threads <= 1:
-        run(0, B)
-        return
-    bounds = [B * t // threads for t in range(threads + 1)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(run, bounds[:-1], bounds[1:]))
 
 
 def _scale_problems_py(kern, a, b, max_iter, tol, check_every, min_iters, switch_iters, polish, absorb_log,
@@ -270,7 +260,7 @@ def newton_polish(log_k, a, b, x, y, outputs, idx, iters, *, steps, tol, trust, 
     used = np.zeros(P, dtype=np.int64)
     arrays = (log_k.contiguous().numpy(), a.contiguous().numpy(), b.contiguous().numpy(), x, y, plan, used)
     options = (int(steps), float(tol), float(trust), float(armijo), int(halvings))
-    _over_threads(lambda lo, hi: _newton_problems(*(t[lo:hi] for t in arrays), *options), P, 64)
+    over_ranges(lambda lo, hi: _newton_problems(*(t[lo:hi] for t in arrays), *options), P, 64)
     outputs.add(idx, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(plan), iters, 0)
     used_t = torch.from_numpy(used)
     outputs.newton_steps.index_copy_(0, idx, used_t)

@@ -9,13 +9,18 @@ grid, whatever the number of pairs: ``10^5 x 10^2`` candidate pairs need their i
 Within a chunk the cell similarities of all pairs come from one large matrix product.  Measured on this 2-core
 CPU, chunks of 4,096-8,192 pairs were faster than 65,536 (cache), and 1,000 x 100 candidate pairs grew the peak
 resident memory by 0 / 120 / 570 MB with chunks of 4,096 / 16,384 / 65,536.  On a GPU pass larger chunks.
+
+On a CPU without autograd, with ``T = torch.get_num_threads() > 1`` and at least 1,024 pairs per thread, the pairs
+are cut into (a multiple of) ``T`` near-equal blocks of at most ``chunk_size / T`` pairs, and ``T`` threads solve
+one block each at a time, the whole pipeline per block (:mod:`diml.ot._threads`): the memory bound stays
+``chunk_size`` pairs in flight, and the similarities are those of one thread (each problem is solved on its own).
 """
 
 from __future__ import annotations
 
 import torch
 
-from diml.ot import _options
+from diml.ot import _options, _threads
 from diml.options import OTOptions, as_options
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
 
@@ -37,17 +42,34 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions
     _options.check_chunk_size(chunk_size)
     qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
     nq, nr = qn.shape[0], rn.shape[0]
-    q_step = max(1, chunk_size // max(nr, 1))
-    r_step = min(max(nr, 1), chunk_size)
-    rows = []
-    for q0 in range(0, nq, q_step):
-        cols = []
-        for r0 in range(0, nr, r_step):
-            terms = pair_terms_all(qn[q0:q0 + q_step], qg[q0:q0 + q_step], rn[r0:r0 + r_step], rg[r0:r0 + r_step],
-                                   ot.marginals)
-            cols.append(solve_pairs(*terms, ot).similarity)
-        rows.append(torch.cat(cols, 1) if cols else qn.new_zeros((min(q_step, nq - q0), 0)))
-    return torch.cat(rows, 0) if rows else qn.new_zeros((0, nr))
+    if nq * nr == 0:
+        return qn.new_zeros((nq, nr))
+    threads = _threads.block_threads(nq * nr, qn, qg, rn, rg)
+    blocks = _all_pairs_blocks(nq, nr, chunk_size // threads or 1, threads)
+
+    def solve_block(block):
+        q, r = slice(*block[:2]), slice(*block[2:])
+        return solve_pairs(*pair_terms_all(qn[q], qg[q], rn[r], rg[r], ot.marginals), ot).similarity
+
+    out = qn.new_zeros((nq, nr))
+    for (q0, q1, r0, r1), sim in zip(blocks, _threads.map_blocks(solve_block, blocks, threads)):
+        out[q0:q1, r0:r1] = sim
+    return out
+
+
+def _even_ranges(total: int, most: int, multiple: int) -> list[tuple[int, int]]:
+    """``range(total)`` cut into a multiple of ``multiple`` near-equal ``(lo, hi)`` parts of at most ``most``."""
+    parts = -(-total // max(most, 1))
+    parts = min(total, -(-parts // multiple) * multiple)
+    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+def _all_pairs_blocks(nq: int, nr: int, limit: int, threads: int) -> list[tuple[int, int, int, int]]:
+    """``(q0, q1, r0, r1)`` blocks of at most ``limit`` pairs: whole reference rows for as many queries as fit
+    (a multiple of ``threads`` near-equal blocks), else one query per block with its references cut evenly."""
+    if nr <= limit:
+        return [(q0, q1, 0, nr) for q0, q1 in _even_ranges(nq, limit // nr, threads)]
+    return [(q, q + 1, r0, r1) for q in range(nq) for r0, r1 in _even_ranges(nr, limit, 1)]
 
 
 def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ot: OTOptions = OTOptions(),
@@ -71,7 +93,15 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ot
         raise ValueError(f"normalized must be True or False (got {normalized!r})")
     qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True, normalized=normalized)
     nq, k = cn.shape[:2]
-    step = max(1, chunk_size // max(k, 1))
-    out = [solve_pairs(*pair_terms_candidates(qn[s:s + step], qg[s:s + step], cn[s:s + step], cg[s:s + step],
-                                              ot.marginals, normalized), ot).similarity for s in range(0, nq, step)]
+    if nq * k == 0:
+        return qn.new_zeros((nq, k))
+    threads = _threads.block_threads(nq * k, qn, qg, cn, cg)
+    blocks = _even_ranges(nq, (chunk_size // threads or 1) // k, threads)
+
+    def solve_block(block):
+        q = slice(*block)
+        terms = pair_terms_candidates(qn[q], qg[q], cn[q], cg[q], ot.marginals, normalized)
+        return solve_pairs(*terms, ot).similarity
+
+    out = _threads.map_blocks(solve_block, blocks, threads)
     return torch.cat(out, 0) if out else qn.new_zeros((0, k))

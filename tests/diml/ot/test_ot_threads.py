@@ -1,0 +1,110 @@
+"""Per-thread blocks (diml.ot._threads): the whole solve of each block in a pool thread, same similarities."""
+
+import threading
+
+import pytest
+import torch
+from ot_testkit import near_duplicates, random_images
+
+from diml.ot import OTOptions, _threads, similarity, structural_similarity, structural_similarity_candidates
+
+TOL4 = OTOptions(tol=1e-4)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two intra-op threads, blocks from 16 pairs on, and a record of where every block's solve ran."""
+    monkeypatch.setattr(_threads, "MIN_BLOCK_PAIRS", 16)
+    saved = torch.get_num_threads()
+    calls = []
+    solve_pairs = similarity.solve_pairs
+
+    def recording(*args, **kwargs):
+        calls.append((threading.current_thread().name, torch.get_num_threads(), args[0].shape[:2]))
+        return solve_pairs(*args, **kwargs)
+
+    monkeypatch.setattr(similarity, "solve_pairs", recording)
+    yield calls
+    torch.set_num_threads(saved)
+
+
+def _images():
+    """20 float32 images, every second one a near-duplicate of the one before (some pairs need the polish)."""
+    base = random_images(10, channels=32, cells=16, seed=40)
+    dup = near_duplicates(base, 0.05, seed=41)
+    local = torch.stack([base[0], dup[0]], 1).reshape(20, 32, 16).float()
+    glob = torch.stack([base[1], dup[1]], 1).reshape(20, 32).float()
+    return local, glob
+
+
+def _at(threads, fn):
+    torch.set_num_threads(threads)
+    return fn()
+
+
+def test_all_pairs_threaded_equal_one_thread(two_threads):
+    local, glob = _images()
+    run = lambda: structural_similarity(local, glob, local, glob, ot=TOL4, chunk_size=160)  # noqa: E731
+    one = _at(1, run)
+    assert all(name == threading.current_thread().name for name, _, _ in two_threads)  # one thread: in the caller
+    two_threads.clear()
+    two = _at(2, run)
+    # chunk_size 160 on 2 threads: blocks of at most 80 pairs = 4 queries x 20 references, 5 blocks rounded to 6
+    assert sorted(tuple(shape) for _, _, shape in two_threads) == [(3, 20)] * 4 + [(4, 20)] * 2
+    assert all(name.startswith("diml-ot") and inner == 1 for name, inner, _ in two_threads)
+    assert torch.get_num_threads() == 2  # the caller's count is restored
+    assert two.shape == (20, 20) and float((two - one).abs().max()) <= 1e-6
+    assert float((two - two.T).abs().max()) <= 1e-4  # the transposed problem is the same problem
+
+
+def test_candidates_threaded_equal_one_thread(two_threads):
+    local, glob = _images()
+    pick = torch.stack([torch.randperm(20, generator=torch.Generator().manual_seed(q))[:6] for q in range(20)])
+    args = (local, glob, local[pick], glob[pick])
+    run = lambda: structural_similarity_candidates(*args, ot=TOL4, chunk_size=48)  # noqa: E731
+    one = _at(1, run)
+    two_threads.clear()
+    two = _at(2, run)
+    assert len(two_threads) == 6 and all(name.startswith("diml-ot") for name, _, _ in two_threads)
+    assert float((two - one).abs().max()) <= 1e-6
+    full = _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))
+    assert float((two - full.gather(1, pick)).abs().max()) <= 1e-6
+
+
+def test_gradients_and_small_inputs_stay_in_the_caller(two_threads):
+    local, glob = _images()
+    torch.set_num_threads(2)
+    leaf = local.clone().requires_grad_(True)
+    sim = structural_similarity(leaf, glob, local, glob, chunk_size=160)
+    sim.sum().backward()
+    assert leaf.grad is not None and bool(torch.isfinite(leaf.grad).all())
+    assert two_threads and all(name == threading.current_thread().name for name, _, _ in two_threads)
+    two_threads.clear()
+    _threads.MIN_BLOCK_PAIRS = 1000  # 400 pairs: too few for two threads (monkeypatch restores it)
+    structural_similarity(local, glob, local, glob)
+    assert [name for name, _, _ in two_threads] == [threading.current_thread().name]
+
+
+def test_even_blocks():
+    assert similarity._all_pairs_blocks(112, 112, 4096, 2) == [(q, q + 28, 0, 112) for q in range(0, 112, 28)]
+    assert similarity._all_pairs_blocks(3, 10, 4, 1) == [(q, q + 1, r0, r1) for q in range(3)
+                                                        for r0, r1 in ((0, 3), (3, 6), (6, 10))]
+    ranges = similarity._even_ranges(1000, 81, 2)  # 13 blocks of 81 -> 14 of 71-72
+    assert len(ranges) == 14 and ranges[0] == (0, 71) and ranges[-1][1] == 1000
+    assert all(hi == lo for (_, hi), (lo, _) in zip(ranges, ranges[1:])) and max(h - lo for lo, h in ranges) == 72
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_pool():
+    import os
+
+    _threads._pool(2).submit(int).result()  # the parent's pool has a live thread
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited pool has no threads; a new one must run the task
+        code = 1
+        try:
+            code = 0 if _threads._pool(2).submit(int, "7").result(timeout=30) == 7 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
