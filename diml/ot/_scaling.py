@@ -47,6 +47,7 @@ class Outputs:
             self.plan = torch.empty(B, n, m, dtype=dtype, device=device)
         self.iterations = torch.zeros(B, dtype=torch.int64, device=device)
         self.newton_steps = torch.zeros(B, dtype=torch.int64, device=device)
+        self.max_iterations: int | None = None  # set by a solver that already read it back (saves a host sync)
 
     def add(self, idx, x, y, plan, iterations, newton_steps: int = 0) -> None:
         """``iterations``: an int for all, or a ``(len(idx),)`` int64 tensor of Sinkhorn iterations."""

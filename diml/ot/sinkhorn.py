@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 
-from diml.ot import _cpu, _options, newton
+from diml.ot import _cpu, _gpu, _options, newton
 from diml.ot._scaling import (
     ABSORB_LOG,
     MIN_ITERS,
@@ -148,7 +148,13 @@ def solve(lk: LogKernel, a, b, ot: OTOptions, *, direct: bool) -> SinkhornResult
         newton_used = 0
         if B:
             kernel, x, y = initial_kernel(lk, direct)
-            if _cpu.applies(kernel, direct=direct, differentiable=differentiable):  # compiled, one problem at a time
+            if _gpu.applies(kernel, direct=direct, differentiable=differentiable):  # Triton: both phases, 2 launches
+                newton_used = _gpu.solve(lk, kernel, a, b, outputs, max_iter=max_iter, tol=tol,
+                                         check_every=check_every, min_iters=MIN_ITERS, switch_iters=SWITCH_ITERS,
+                                         newton_steps=newton_steps, absorb_log=ABSORB_LOG,
+                                         trust=newton.MAX_LOG_SHIFT, armijo=newton.ARMIJO, halvings=newton.HALVINGS)
+                rest = None
+            elif _cpu.applies(kernel, direct=direct, differentiable=differentiable):  # compiled, one problem at a time
                 rest = _cpu.scale(kernel, a, b, outputs, max_iter=max_iter, tol=tol, check_every=check_every,
                                   min_iters=MIN_ITERS, switch_iters=SWITCH_ITERS, polish=newton_steps > 0,
                                   absorb_log=ABSORB_LOG)
@@ -163,7 +169,8 @@ def solve(lk: LogKernel, a, b, ot: OTOptions, *, direct: bool) -> SinkhornResult
         neg_inf = torch.tensor(float("-inf"), dtype=plan.dtype, device=plan.device)
         f, g = torch.where(a > 0, eps * x, neg_inf), torch.where(b > 0, eps * y, neg_inf)
         iters = outputs.iterations
-        return SinkhornResult(plan, f, g, int(iters.max()) if B else 0, newton_used, err <= tol, err, iters,
+        most = outputs.max_iterations if outputs.max_iterations is not None else int(iters.max()) if B else 0
+        return SinkhornResult(plan, f, g, most, newton_used, err <= tol, err, iters,
                               outputs.newton_steps)
 
 
