@@ -5,6 +5,11 @@ distinct classes, classes drawn in proportion to their remaining chunks. So with
 most once (the ``len % M`` leftover images of a class sit the epoch out, differently every epoch), except for
 classes with fewer than M images: their single chunk is filled up by sampling the class with replacement.
 
+``replacement=True`` draws batches as the authors' ``ClassRandomSampler`` does (Roth et al.'s code base): every batch
+picks its P classes uniformly *with* replacement (a class can appear twice) and each class's M images with
+replacement (an image can repeat, a zero-distance positive), ``N // (batch_size * num_replicas)`` batches per rank
+and epoch, so an epoch sees about as many images as the dataset holds but not each image once.
+
 The epoch's batch list is a function of ``(labels, seed, epoch)`` only and is dealt round-robin to the ranks
 (``rank, rank + num_replicas, ...``), so ranks draw disjoint batches, and every rank gets the same number of
 batches (required by DDP, whose collectives would otherwise hang).
@@ -27,10 +32,11 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     final, smaller batches (one chunk of M images from each class that has chunks left) and pads the list by
     repeating its first batches so that all ranks get the same count. Call :meth:`set_epoch` before each epoch.
     Classes with fewer than M images contribute one chunk per epoch, filled by sampling with replacement.
+    ``replacement=True``: the authors' sampling (module docstring); ``drop_last`` then has nothing to drop.
     """
 
     def __init__(self, labels, batch_size: int, images_per_class: int, *, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, drop_last: bool = True) -> None:
+                 seed: int = 0, drop_last: bool = True, replacement: bool = False) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
@@ -45,7 +51,10 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.images_per_class = images_per_class
         self.classes_per_batch = batch_size // images_per_class
-        if self.classes_per_batch > len(self.classes):
+        if not isinstance(replacement, bool):
+            raise ValueError(f"replacement must be True or False (got {replacement!r})")
+        self.replacement = replacement
+        if self.classes_per_batch > len(self.classes) and not replacement:
             raise ValueError(f"batch_size // images_per_class = {self.classes_per_batch} classes per batch, but the "
                              f"labels hold only {len(self.classes)} classes; lower batch_size")
         self.indices_by_class = [np.flatnonzero(inverse == k) for k in range(len(self.classes))]
@@ -74,6 +83,8 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """All batches of ``epoch`` across ranks, before dealing them out."""
         rng = np.random.default_rng([self.seed, epoch, 0xBA7C])
+        if self.replacement:
+            return self._batches_with_replacement(rng)
         chunks = self._chunks(rng)
         remaining = np.array([len(c) for c in chunks], dtype=np.float64)
         batches: list[list[int]] = []
@@ -87,6 +98,16 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             picked = np.flatnonzero(remaining)
             batches.append([int(i) for k in picked for i in chunks[k][int(remaining[k]) - 1]])
             remaining[picked] -= 1
+        return batches
+
+    def _batches_with_replacement(self, rng: np.random.Generator) -> list[list[int]]:
+        """The authors' batches: P classes uniformly with replacement, M images of each with replacement."""
+        total = sum(len(idx) for idx in self.indices_by_class)
+        count = max(1, total // (self.batch_size * self.num_replicas)) * self.num_replicas
+        m, batches = self.images_per_class, []
+        for _ in range(count):
+            classes = rng.integers(0, len(self.indices_by_class), size=self.classes_per_batch)
+            batches.append([int(i) for k in classes for i in rng.choice(self.indices_by_class[k], size=m)])
         return batches
 
     def _rank_batches(self) -> list[list[int]]:

@@ -152,6 +152,13 @@ def check_loss(name: str, params: dict | None = None, *, similarity: str = "glob
             f"structural form; use similarity='global' (DIML can still re-rank at test time), or a pair loss: "
             f"{', '.join(n for n in LOSSES.names() if LOSSES.get(n).info['metric'])}"
         )
+    raw = [f"params.{key}={resolved[key]!r}" for key, off in (("normalize", True), ("l2_weight", 0.0))
+           if key in resolved and resolved[key] != off]
+    if similarity == "diml" and raw:
+        raise ValueError(
+            f"loss {name!r}: {' and '.join(raw)} apply to the global similarity only (the structural similarity "
+            "compares normalised cells); use similarity='global' for the authors' unnormalised baseline, or drop them"
+        )
     if miner is None:
         if miner_params:
             raise ValueError("miner_params were given without a miner; pass miner=<name> or drop miner_params")

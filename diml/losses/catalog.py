@@ -20,6 +20,7 @@ its default (global) distance; ``build_loss`` swaps in the structural distance f
 
 from __future__ import annotations
 
+from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import regularizers as pml_regularizers
 from pytorch_metric_learning.reducers import MeanReducer
@@ -107,23 +108,37 @@ def _multisimilarity(alpha, beta, base, margin, *, num_classes, embed_dim):
     return MinedMultiSimilarityLoss(alpha=alpha, beta=beta, base=base, margin=margin)
 
 
+def _raw_embedding_options(normalize: bool, l2_weight: float, distance) -> dict:
+    """PML keyword arguments: ``distance`` (normalising or not) and the authors' L2 penalty on the raw embeddings."""
+    options = {"distance": distance}
+    if l2_weight:
+        options.update(embedding_regularizer=pml_regularizers.LpRegularizer(p=2), embedding_reg_weight=l2_weight)
+    return options
+
+
 @LOSSES.register(
     "lifted",
-    params={"neg_margin": Param(1.0, _NON_NEGATIVE), "pos_margin": Param(0.0, _NON_NEGATIVE)},
+    params={"neg_margin": Param(1.0, _NON_NEGATIVE), "pos_margin": Param(0.0, _NON_NEGATIVE),
+            "normalize": Param(True, boolean), "l2_weight": Param(0.0, _NON_NEGATIVE)},
     metric="euclidean",
     miner=True,
 )
-def _lifted(neg_margin, pos_margin, *, num_classes, embed_dim):
-    """Generalized lifted structure loss (:class:`GeneralizedLiftedLoss`); the authors add an L2 penalty on
-    unnormalised embeddings, which normalised distances make unnecessary."""
-    return GeneralizedLiftedLoss(neg_margin=neg_margin, pos_margin=pos_margin)
+def _lifted(neg_margin, pos_margin, normalize, l2_weight, *, num_classes, embed_dim):
+    """Generalized lifted structure loss (:class:`GeneralizedLiftedLoss`) on Euclidean distances of normalised
+    embeddings, or, with ``normalize=False`` and ``l2_weight=0.005``, as the authors' baseline (Roth et al.'s
+    ``criteria/lifted.py``): distances of the raw embeddings plus an L2 penalty on their norms."""
+    return GeneralizedLiftedLoss(neg_margin=neg_margin, pos_margin=pos_margin, **_raw_embedding_options(
+        normalize, l2_weight, pml_distances.LpDistance(normalize_embeddings=normalize, p=2, power=1)))
 
 
-@LOSSES.register("npair", metric="cosine", miner=False)
-def _npair(*, num_classes, embed_dim):
+@LOSSES.register("npair", params={"normalize": Param(True, boolean), "l2_weight": Param(0.0, _NON_NEGATIVE)},
+                 metric="cosine", miner=False)
+def _npair(normalize, l2_weight, *, num_classes, embed_dim):
     """N-pair loss (Sohn 2016, PML ``NPairsLoss``): cross-entropy of each anchor's similarities to one positive per
-    class, on normalised embeddings."""
-    return pml_losses.NPairsLoss()
+    class, on normalised embeddings; ``normalize=False`` with ``l2_weight=0.005``: the authors' baseline (dot products
+    of the raw embeddings plus an L2 penalty on their norms, which keeps them from growing without bound)."""
+    return pml_losses.NPairsLoss(**_raw_embedding_options(
+        normalize, l2_weight, pml_distances.DotProductSimilarity(normalize_embeddings=normalize)))
 
 
 @LOSSES.register("histogram", params={"n_bins": Param(65, integer(low=2, high=10_000))}, metric="cosine", miner=True)
@@ -230,14 +245,20 @@ def _softtriple(centers_per_class, la, gamma, margin, reg_weight, *, num_classes
     )
 
 
-@LOSSES.register("angular", params={"alpha": Param(45.0, number(low=0, high=90, low_open=True))}, metric=None,
-                 miner=False, positive_pairs=True)
-def _angular(alpha, *, num_classes, embed_dim):
+@LOSSES.register("angular", params={"alpha": Param(45.0, number(low=0, high=90, low_open=True)),
+                                    "angular_weight": Param(1.0, _POSITIVE),
+                                    "npair_weight": Param(0.0, _NON_NEGATIVE),
+                                    "l2_weight": Param(0.0, _NON_NEGATIVE)},
+                 metric=None, miner=False, positive_pairs=True)
+def _angular(alpha, angular_weight, npair_weight, l2_weight, *, num_classes, embed_dim):
     """Angular loss (Wang et al. 2017, :class:`NormalizedAngularLoss`, ``alpha`` in degrees) on normalised global
-    embeddings;
-    it uses the embedding vectors themselves, not a pair matrix, so it has no structural form.  The authors add an
-    N-pair term and an L2 penalty."""
-    return NormalizedAngularLoss(alpha=alpha)
+    embeddings; it uses the embedding vectors themselves, not a pair matrix, so it has no structural form.  The
+    authors' version: ``angular_weight=2``, ``npair_weight=1`` (an N-pair term on the raw embeddings) and
+    ``l2_weight=0.005``."""
+    regularizer = {"embedding_regularizer": pml_regularizers.LpRegularizer(p=2),
+                   "embedding_reg_weight": l2_weight} if l2_weight else {}
+    return NormalizedAngularLoss(alpha=alpha, angular_weight=angular_weight, npair_weight=npair_weight,
+                                 **regularizer)
 
 
 @LOSSES.register("softmax", params={"temperature": Param(0.05, _POSITIVE)}, metric=None, miner=False)

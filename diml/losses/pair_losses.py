@@ -15,7 +15,9 @@ from pytorch_metric_learning.losses import (
     HistogramLoss,
     MarginLoss,
     MultiSimilarityLoss,
+    NPairsLoss,
 )
+from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
@@ -183,11 +185,36 @@ class BoundedHistogramLoss(HistogramLoss):
 
 
 class NormalizedAngularLoss(AngularLoss):
-    """PML's angular loss (Wang et al., "Deep Metric Learning with Angular Loss", ICCV 2017) on L2-normalised embeddings.  PML normalises the anchors
-    and positives but multiplies by the raw negatives, so unnormalised model outputs would change its value."""
+    """PML's angular loss (Wang et al., "Deep Metric Learning with Angular Loss", ICCV 2017) on L2-normalised
+    embeddings.  PML normalises the anchors and positives but multiplies by the raw negatives, so unnormalised model
+    outputs would change its value.
+
+    ``angular_weight`` scales the angular term; ``npair_weight > 0`` adds, as the authors' ``criteria/angular.py``
+    does, the N-pair loss (:class:`~pytorch_metric_learning.losses.NPairsLoss`: one anchor-positive pair per class,
+    softmax over the anchors' dot products with every class's positive) on the *raw*, unnormalised embeddings (the
+    authors: ``npair + 2 * angular + 0.005 * mean |x|``; the L2 term is the loss's ``embedding_regularizer``).
+    """
+
+    def __init__(self, alpha=45.0, *, angular_weight: float = 1.0, npair_weight: float = 0.0, **kwargs):
+        super().__init__(alpha=alpha, **kwargs)
+        self.angular_weight, self.npair_weight = float(angular_weight), float(npair_weight)
+        self.npair = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False)) if npair_weight else None
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         same = ref_emb is embeddings
+        raw = embeddings
         embeddings = self.distance.normalize(embeddings)
         ref_emb = embeddings if same else self.distance.normalize(ref_emb)
-        return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        losses = super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if self.angular_weight != 1.0 and isinstance(losses["loss"]["losses"], torch.Tensor):
+            losses["loss"]["losses"] = losses["loss"]["losses"] * self.angular_weight
+        if self.npair is None:
+            return losses
+        npair = self.npair.compute_loss(raw, labels, indices_tuple, raw, labels)["loss"]
+        if isinstance(npair["losses"], torch.Tensor):
+            npair["losses"] = npair["losses"] * self.npair_weight
+        losses["npair_loss"] = npair
+        return losses
+
+    def _sub_loss_names(self):
+        return ["loss", "npair_loss"] if getattr(self, "npair", None) is not None else ["loss"]

@@ -95,7 +95,7 @@ def _batch_classes(spec: RunSpec) -> list[str]:
     workers = spec.resources.workers_per_trial
     per_worker = spec.batch.size // workers
     wanted = per_worker // spec.batch.images_per_class
-    if wanted <= classes:
+    if wanted <= classes or spec.batch.sampling == "with_replacement":  # classes may repeat in a batch then
         return []
     source = f"data.synthetic.num_classes {d.synthetic.num_classes} (half train)" if d.dataset == "synthetic" \
         else f"{d.dataset} at {d.root}"

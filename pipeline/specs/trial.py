@@ -218,6 +218,10 @@ class BatchSpec(Strict):
     size: int = Field(112, ge=2, le=65536, description="global batch per step, over all workers of a trial")
     images_per_class: int = Field(2, ge=1, le=1024, description="M of a P x M class-balanced batch")
     batches_per_epoch: int | None = Field(None, ge=1, description="cap the batches of an epoch (default: all)")
+    sampling: Literal["distinct", "with_replacement"] = Field(
+        "distinct", description="distinct: P distinct classes x M distinct images, each image once per epoch; "
+        "with_replacement: the authors' sampler (classes and images drawn with replacement, N // batch.size "
+        "batches per epoch; docs/FIDELITY.md row 7a)")
 
     @model_validator(mode="after")
     def _divisible(self) -> "BatchSpec":

@@ -105,11 +105,13 @@ def build_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer):
 
 
 def build_sampler(spec: RunSpec, labels, *, rank: int, world_size: int):
-    """Class-balanced P x M batches of ``batch.size / world_size`` images, distinct per rank."""
+    """Class-balanced P x M batches of ``batch.size / world_size`` images, distinct per rank (``batch.sampling``:
+    distinct classes and images, or the authors' draws with replacement)."""
     from diml.data import ClassBalancedBatchSampler
 
     return ClassBalancedBatchSampler(labels, spec.batch.size // world_size, spec.batch.images_per_class,
-                                     num_replicas=world_size, rank=rank, seed=spec.seed)
+                                     num_replicas=world_size, rank=rank, seed=spec.seed,
+                                     replacement=spec.batch.sampling == "with_replacement")
 
 
 def evaluation_options(spec: RunSpec) -> dict[str, Any]:

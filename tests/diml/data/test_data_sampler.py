@@ -111,3 +111,46 @@ def test_invalid_arguments_name_the_fix():
         ClassBalancedBatchSampler(LABELS, 8, 2, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         ClassBalancedBatchSampler([], 8, 2)
+
+
+def test_with_replacement_draws_as_the_authors_class_random_sampler():
+    labels = np.repeat(np.arange(10), 7)  # 70 images, 10 classes
+    sampler = ClassBalancedBatchSampler(labels, 12, 3, seed=2, replacement=True)
+    batches = list(sampler)
+    assert len(batches) == 70 // 12  # len(image_list) // bs, as the authors
+    seen_repeats = {"class": False, "image": False}
+    for batch in batches:
+        assert len(batch) == 12
+        groups = [batch[i:i + 3] for i in range(0, 12, 3)]
+        group_classes = [set(labels[g]) for g in groups]
+        assert all(len(c) == 1 for c in group_classes)  # M images of one class per draw
+        classes = [c.pop() for c in group_classes]
+        seen_repeats["class"] |= len(set(classes)) < len(classes)
+        seen_repeats["image"] |= any(len(set(g)) < len(g) for g in groups)
+    # over many epochs both kinds of repeat occur (a distinct sampler never yields either)
+    for epoch in range(1, 40):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            groups = [batch[i:i + 3] for i in range(0, 12, 3)]
+            seen_repeats["class"] |= len({int(labels[g[0]]) for g in groups}) < 4
+            seen_repeats["image"] |= any(len(set(g)) < 3 for g in groups)
+    assert seen_repeats == {"class": True, "image": True}
+    distinct = ClassBalancedBatchSampler(labels, 12, 3, seed=2)
+    for epoch in range(40):
+        distinct.set_epoch(epoch)
+        for batch in distinct:
+            assert len(set(batch)) == 12 and len(set(labels[batch])) == 4
+
+
+def test_with_replacement_deals_disjoint_equal_shares_to_ranks_and_allows_more_classes_than_exist():
+    labels = np.repeat(np.arange(3), 20)  # 3 classes, but 4 classes per batch: the authors' sampler repeats them
+    with pytest.raises(ValueError, match="lower batch_size"):
+        ClassBalancedBatchSampler(labels, 8, 2)
+    ranks = [ClassBalancedBatchSampler(labels, 8, 2, num_replicas=2, rank=r, seed=0, replacement=True)
+             for r in range(2)]
+    shares = [list(s) for s in ranks]
+    assert len(shares[0]) == len(shares[1]) == 60 // 16
+    whole = ClassBalancedBatchSampler(labels, 8, 2, num_replicas=2, seed=0, replacement=True).epoch_batches(0)
+    assert shares[0] == whole[0::2] and shares[1] == whole[1::2]
+    with pytest.raises(ValueError, match="replacement must be True or False"):
+        ClassBalancedBatchSampler(labels, 8, 2, replacement="yes")

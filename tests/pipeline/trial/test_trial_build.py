@@ -100,6 +100,13 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
                                                "image_size": 224, "align_corners": True,
                                                "global_vector": "map_mean"}
 
+    authors = build_study({**raw, "batch": {"size": 8, "images_per_class": 2, "sampling": "with_replacement"}})
+    labels = torch.arange(3).repeat_interleave(20).numpy()  # 3 classes, 4 per worker's batch: repeats needed
+    drawn = [list(build.build_sampler(authors.trials[0].spec, labels, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(rank) for rank in drawn] == [60 // 8] * 2 and all(len(b) == 4 for rank in drawn for b in rank)
+    with pytest.raises(ValueError, match="sampling"):
+        build_study({**raw, "batch": {"size": 8, "images_per_class": 2, "sampling": "random"}})
+
 
 def test_training_ot_defaults_are_what_the_training_benchmark_measures():
     import importlib.util

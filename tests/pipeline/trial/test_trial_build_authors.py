@@ -124,3 +124,24 @@ def test_selection_by_a_reranked_metric_needs_its_depth():
     assert spec.evaluation.selection_metric == "diml_K100/R_at_1"
     with pytest.raises(SpecError, match="depth 50 is not evaluated .evaluation.depths .*add 50 to evaluation.depths"):
         _spec(evaluation={"depths": [10, 100], "selection_metric": "diml_K50/R_at_1"})
+
+
+@pytest.mark.parametrize("name", ["paper/cub200.yaml", "paper/cars196.yaml", "paper/sop.yaml", "full_grid.yaml"])
+def test_paper_trials_train_the_authors_unnormalised_baselines(name, monkeypatch, tmp_path):
+    """lifted, N-pair and angular as the authors train them (docs/FIDELITY.md row 6c); every other loss normalised."""
+    seen = set()
+    for trial in _study(name, monkeypatch, tmp_path).trials:
+        spec = trial.spec
+        if spec.seed or spec.loss.similarity != "global":
+            continue
+        loss = build.build_loss(spec, num_classes=5).loss
+        if spec.loss.name in ("lifted", "npair"):
+            assert loss.distance.normalize_embeddings is False and loss.embedding_reg_weight == 0.005
+            seen.add(spec.loss.name)
+        elif spec.loss.name == "angular":
+            assert (loss.angular_weight, loss.npair_weight, loss.embedding_reg_weight) == (2.0, 1.0, 0.005)
+            assert loss.npair.distance.normalize_embeddings is False
+            seen.add(spec.loss.name)
+        elif hasattr(loss, "distance") and hasattr(loss.distance, "normalize_embeddings"):
+            assert loss.distance.normalize_embeddings, spec.loss.name
+    assert seen == {"lifted", "npair", "angular"}
