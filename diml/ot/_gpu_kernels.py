@@ -69,7 +69,8 @@ def _expm1(z):
 @triton.jit
 def _cholesky_solve(mat, rhs, BM: tl.constexpr):
     """Solve ``mat @ out = rhs`` (``mat (BM, BM)`` symmetric positive definite) by a right-looking Cholesky
-    factorisation and two substitutions, unrolled over the ``BM`` columns.  Returns ``(out, ok)``; ``ok`` is False
+    factorisation and two substitutions, loops over the ``BM`` columns (not unrolled: unrolled, the polish kernel
+    was 30k lines of PTX and took 40 s to compile).  Returns ``(out, ok)``; ``ok`` is False
     if a pivot is not positive (as ``torch.linalg.cholesky_ex`` reports)."""
     j_idx = tl.arange(0, BM)
     rows = j_idx[:, None]
@@ -77,7 +78,7 @@ def _cholesky_solve(mat, rhs, BM: tl.constexpr):
     rest = mat
     low = tl.zeros_like(mat)
     ok = tl.full([], 1, tl.int32)
-    for j in tl.static_range(BM):
+    for j in range(BM):
         col = tl.sum(tl.where(cols == j, rest, 0.0), axis=1)  # column j of what is left
         d = tl.sum(tl.where(j_idx == j, col, 0.0), axis=0)
         ok = ok & (d > 0).to(tl.int32)
@@ -85,12 +86,12 @@ def _cholesky_solve(mat, rhs, BM: tl.constexpr):
         low = tl.where(cols == j, lcol[:, None], low)
         rest = rest - lcol[:, None] * lcol[None, :]
     z = rhs
-    for i in tl.static_range(BM):  # L z = rhs, column by column
+    for i in range(BM):  # L z = rhs, column by column
         lcol = tl.sum(tl.where(cols == i, low, 0.0), axis=1)
         zi = tl.sum(tl.where(j_idx == i, z, 0.0), axis=0) / tl.sum(tl.where(j_idx == i, lcol, 0.0), axis=0)
         z = tl.where(j_idx == i, zi, z - tl.where(j_idx > i, lcol * zi, 0.0))
     out = z
-    for k in tl.static_range(BM):  # L^T out = z, from the last row up
+    for k in range(BM):  # L^T out = z, from the last row up
         i = BM - 1 - k
         lrow = tl.sum(tl.where(rows == i, low, 0.0), axis=0)
         oi = tl.sum(tl.where(j_idx == i, out, 0.0), axis=0) / tl.sum(tl.where(j_idx == i, lrow, 0.0), axis=0)
@@ -133,7 +134,7 @@ def newton_problems(SRC, scale, shift, A, B, X, Y, PLAN, STATUS, STEPS, n, m, st
             else:
                 r_inv = tl.where(rows_sum > 0, 1.0 / tl.where(rows_sum > 0, rows_sum, 1.0), 0.0)
                 w = tl.zeros([BM, BM], dtype=tl.float64)
-                for i in tl.static_range(BN):  # W = T^T diag(1/r) T, one row of the plan at a time
+                for i in range(BN):  # W = T^T diag(1/r) T, one row of the plan at a time
                     row = tl.sum(tl.where(r[:, None] == i, plan, 0.0), axis=0)
                     ri = tl.sum(tl.where(r == i, r_inv, 0.0), axis=0)
                     w += (row * ri)[:, None] * row[None, :]
@@ -152,7 +153,7 @@ def newton_problems(SRC, scale, shift, A, B, X, Y, PLAN, STATUS, STEPS, n, m, st
                 t = tl.minimum(trust / tl.maximum(big, 1e-300), 1.0)
                 t_ok = t * 0.0
                 accepted = tl.full([], 0, tl.int32)
-                for h in tl.static_range(HALVINGS + 1):  # Armijo backtracking: the first step size that passes
+                for h in range(HALVINGS + 1):  # Armijo backtracking: the first step size that passes
                     ea = _expm1(t * dx)
                     eb = _expm1(t * dy)
                     growth = tl.sum(tl.sum(plan * (ea[:, None] + eb[None, :] + ea[:, None] * eb[None, :]), axis=1),
