@@ -112,17 +112,11 @@ def solve(lk, kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, s
     torch.where(b > 0, v.log(), neg, out=outputs.y)
     outputs.iterations.copy_(iters)
     steps = torch.zeros(B, dtype=torch.int32, device=dev)
-    # the polish (with newton_steps=0: the plan at the last iterate) of the problems of status 1; the others return
-    source = lk.source.detach().contiguous()
-    x64, y64 = outputs.x.double(), outputs.y.double()
-    plan64 = torch.empty(B, n, m, dtype=torch.float64, device=dev)
-    newton_k[(B,)](source, float(lk.scale), float(lk.shift), a, b, x64, y64, plan64, status, steps, n, m,
-                   int(newton_steps), 0.5 * float(tol), float(trust), float(armijo),
-                   BN=bn, BM=bm, HALVINGS=int(halvings), num_warps=1 if bn * bm <= 256 else 4)
-    polished = (status == 1).view(B, 1)
-    outputs.x.copy_(torch.where(polished, x64.to(outputs.x.dtype), outputs.x))
-    outputs.y.copy_(torch.where(polished, y64.to(outputs.y.dtype), outputs.y))
-    outputs.plan.copy_(torch.where(polished.view(B, 1, 1), plan64.to(outputs.plan.dtype), outputs.plan))
+    # the polish (with newton_steps=0: the plan at the last iterate) of the problems of status 1, in place in the
+    # outputs (float64 inside the kernel); the others return at once
+    newton_k[(B,)](lk.source.detach().contiguous(), float(lk.scale), float(lk.shift), a, b, outputs.x, outputs.y,
+                   outputs.plan, status, steps, n, m, int(newton_steps), 0.5 * float(tol), float(trust),
+                   float(armijo), BN=bn, BM=bm, HALVINGS=int(halvings), num_warps=1 if bn * bm <= 256 else 4)
     outputs.newton_steps.copy_(steps)
     most_iters, most_steps = torch.stack([iters.max(), steps.max()]).tolist()  # the one host sync
     outputs.max_iterations = int(most_iters)

@@ -103,7 +103,8 @@ def _cholesky_solve(mat, rhs, BM: tl.constexpr):
 def newton_problems(SRC, scale, shift, A, B, X, Y, PLAN, STATUS, STEPS, n, m, steps, half_tol, trust, armijo,
                     BN: tl.constexpr, BM: tl.constexpr, HALVINGS: tl.constexpr):
     """The float64 damped Newton polish (:func:`diml.ot._cpu.newton_polish`) of problem ``program_id`` if its
-    ``STATUS`` is 1: from the potentials ``X, Y`` (updated in place) to the plan ``PLAN`` and the steps used."""
+    ``STATUS`` is 1: from the potentials ``X, Y`` (updated in place) to the plan ``PLAN`` and the steps used.
+    Computed in float64 and stored in the outputs' dtype, so no float64 copy of all problems is needed."""
     p = tl.program_id(0).to(tl.int64)
     if tl.load(STATUS + p) == 1:
         r = tl.arange(0, BN)
@@ -116,8 +117,8 @@ def newton_problems(SRC, scale, shift, A, B, X, Y, PLAN, STATUS, STEPS, n, m, st
         a = tl.load(A + p * n + r, mask=rmask, other=0.0).to(tl.float64)
         b = tl.load(B + p * m + c, mask=cmask, other=0.0).to(tl.float64)
         b = b * (tl.sum(a, axis=0) / tl.sum(b, axis=0))
-        x = tl.load(X + p * n + r, mask=rmask, other=0.0)
-        y = tl.load(Y + p * m + c, mask=cmask, other=0.0)
+        x = tl.load(X + p * n + r, mask=rmask, other=0.0).to(tl.float64)
+        y = tl.load(Y + p * m + c, mask=cmask, other=0.0).to(tl.float64)
         plan = tl.where(mask2, tl.exp(log_k + x[:, None] + y[None, :]), 0.0)
         support = tl.where(b > 0, 1.0, 0.0).to(tl.float64)
         diag = c[:, None] == c[None, :]
@@ -168,7 +169,7 @@ def newton_problems(SRC, scale, shift, A, B, X, Y, PLAN, STATUS, STEPS, n, m, st
                 y = y + t_ok * dy
                 plan = plan + plan * (ea[:, None] + eb[None, :] + ea[:, None] * eb[None, :])
                 step += 1
-        tl.store(X + p * n + r, x, mask=rmask)
-        tl.store(Y + p * m + c, y, mask=cmask)
-        tl.store(PLAN + p * n * m + r[:, None] * m + c[None, :], plan, mask=mask2)
+        tl.store(X + p * n + r, x.to(X.dtype.element_ty), mask=rmask)
+        tl.store(Y + p * m + c, y.to(Y.dtype.element_ty), mask=cmask)
+        tl.store(PLAN + p * n * m + r[:, None] * m + c[None, :], plan.to(PLAN.dtype.element_ty), mask=mask2)
         tl.store(STEPS + p, step)

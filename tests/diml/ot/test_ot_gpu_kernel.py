@@ -147,8 +147,8 @@ def test_both_kernels_compile_for_hopper_without_a_gpu():
     scale |= {"n": i32, "m": i32, "max_iter": i32, "half_tol": f32, "check_every": i32, "min_iters": i32,
               "switch_iters": f32, "polish": i32, "hi": f32, "lo": f32, "tiny": f32, "BN": "constexpr",
               "BM": "constexpr"}
-    newton = {"SRC": "*fp32", "scale": f32, "shift": f32, "A": "*fp32", "B": "*fp32", "X": "*fp64", "Y": "*fp64",
-              "PLAN": "*fp64", "STATUS": "*i32", "STEPS": "*i32", "n": i32, "m": i32, "steps": i32, "half_tol": f32,
+    newton = {"SRC": "*fp32", "scale": f32, "shift": f32, "A": "*fp32", "B": "*fp32", "X": "*fp32", "Y": "*fp32",
+              "PLAN": "*fp32", "STATUS": "*i32", "STEPS": "*i32", "n": i32, "m": i32, "steps": i32, "half_tol": f32,
               "trust": f32, "armijo": f32, "BN": "constexpr", "BM": "constexpr", "HALVINGS": "constexpr"}
     for fn, signature, constants in ((kernels.scale_problems, scale, {"BN": 16, "BM": 16}),
                                      (kernels.newton_problems, newton, {"BN": 16, "BM": 16, "HALVINGS": 5})):
