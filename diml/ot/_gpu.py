@@ -57,7 +57,6 @@ def _works_on(device: torch.device) -> bool:
     if key not in _WORKS:
         from diml.ot._scaling import Outputs, LogKernel
 
-        _WORKS[key] = True  # set first: the trial solve below goes through applies() no more
         try:
             sim = torch.eye(16, device=device).unsqueeze(0)
             a = torch.full((1, 16), 1.0 / 16, device=device)
@@ -65,6 +64,7 @@ def _works_on(device: torch.device) -> bool:
             solve(LogKernel(sim, 20.0, -20.0), torch.exp(20.0 * sim - 20.0), a, a, outputs, max_iter=50, tol=1e-4,
                   check_every=5, min_iters=20, switch_iters=50, newton_steps=5, absorb_log=30.0, trust=8.0,
                   armijo=1e-4, halvings=5)
+            _WORKS[key] = True
         except Exception as err:  # noqa: BLE001  (any build or launch failure: fall back, say why once)
             _WORKS[key] = False
             warnings.warn(f"diml.ot: the Triton OT kernels do not run on {device} ({type(err).__name__}: "
