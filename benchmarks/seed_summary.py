@@ -4,7 +4,8 @@
 
 Reads every finished child run of the experiment (tags ``loss``, ``similarity``, ``seed``) and prints, per group,
 the mean, the sample standard deviation and the per-seed values of the best test R@1 for the global ranking and each
-re-ranking depth, and the per-seed difference DIML-trained minus global-trained.
+re-ranking depth (``untrained_*``: the network before training, where ``evaluation.before_training`` logged it), and
+the per-seed difference DIML-trained minus global-trained.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def main() -> None:
         seed = int(tags.get("seed", run.data.params.get("seed", -1)))
         for key, value in metrics.items():
             parts = key.split("/")
-            if len(parts) == 4 and parts[:2] == ["best", "test"] and parts[3] == args.metric:
-                values[(tags["loss"], tags["similarity"], parts[2])][seed] = value
+            if len(parts) == 4 and parts[1] == "test" and parts[3] == args.metric and parts[0] in ("best", "init"):
+                ranking = parts[2] if parts[0] == "best" else f"untrained_{parts[2]}"
+                values[(tags["loss"], tags["similarity"], ranking)][seed] = value
     for (loss, similarity, ranking), per_seed in sorted(values.items()):
         seeds = sorted(per_seed)
         numbers = [per_seed[s] for s in seeds]
         spread = statistics.stdev(numbers) if len(numbers) > 1 else float("nan")
         shown = ", ".join(f"{s}: {per_seed[s]:.2f}" for s in seeds)
-        print(f"{loss:16s} {similarity:7s} {ranking:10s} mean {statistics.mean(numbers):6.2f}  sd {spread:5.2f}  "
+        print(f"{loss:16s} {similarity:7s} {ranking:18s} mean {statistics.mean(numbers):6.2f}  sd {spread:5.2f}  "
               f"(seeds {shown})")
     print()
     for (loss, similarity, ranking), per_seed in sorted(values.items()):
@@ -50,7 +52,7 @@ def main() -> None:
         diffs = [per_seed[s] - base[s] for s in sorted(per_seed) if s in base]
         if diffs:
             spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-            print(f"{loss:16s} diml - global  {ranking:10s} mean {statistics.mean(diffs):+6.2f}  sd {spread:5.2f}  "
+            print(f"{loss:16s} diml - global  {ranking:18s} mean {statistics.mean(diffs):+6.2f}  sd {spread:5.2f}  "
                   f"per seed {', '.join(f'{d:+.2f}' for d in diffs)}")
 
 
