@@ -11,6 +11,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +42,11 @@ class Outcome:
     parent_run_id: str | None = None
     experiment_path: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    interrupted: int = 0  # trials a Ctrl-C (SIGINT) stopped before they finished
 
     @property
     def all_ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.interrupted
 
     def render(self) -> str:
         text = self.table.render()
@@ -53,6 +56,9 @@ class Outcome:
             text += "\n\nfailed trials:\n" + "\n".join(f"  - {k}: {v}" for k, v in self.errors.items())
         if self.timings:
             text += "\n\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+        if self.interrupted:
+            text += (f"\n\ninterrupted: {self.interrupted} trial(s) stopped before they finished (their MLflow runs "
+                     "are KILLED); finish them with the same command and --resume")
         return text
 
 
@@ -218,7 +224,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
                            autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
         try:
-            with tune_state.StateGuard(path):
+            with tune_state.StateGuard(path), _SigintWatch() as sigint:
                 grid = tuner.fit()
         except tune_state.DamagedState:
             tracking.end_run(uri, parent, "FAILED")
@@ -226,6 +232,8 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
         timings["trials"] = time.perf_counter() - clock
         errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}
+        trial_count = len(grid)
+        user_stopped = sigint.fired
     finally:
         if started_ray:
             import ray
@@ -233,14 +241,52 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
             ray.shutdown()
         if owner is not None:
             owner.stop()
+    interrupted = _end_unfinished_runs(uri, experiment_id, parent, trial_count) if user_stopped else 0
     clock = time.perf_counter()
     table = collect_results(uri, experiment_id, parent)
     report_text = _report(uri, parent, experiment_id)
     timings["results and report"] = time.perf_counter() - clock
     tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)
-    tracking.end_run(uri, parent, "FAILED" if errors else "FINISHED")
+    tracking.end_run(uri, parent, "KILLED" if interrupted else "FAILED" if errors else "FINISHED")
     return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
-                   experiment_path=f"{storage}/{name}", timings=timings)
+                   experiment_path=f"{storage}/{name}", timings=timings, interrupted=interrupted)
+
+
+class _SigintWatch:
+    """Whether Tune's Ctrl-C handler fired during ``fit()``: Tune's ``fit()`` installs its own SIGINT handler and,
+    when it fires, restores the handler it found and ends the run early but *normally* (Ray 2.60,
+    ``ray/tune/tune.py: _setup_signal_catching``); after a normal end its handler stays installed.  So a marker
+    handler installed before ``fit()`` and found again afterwards means Tune was interrupted.  The previous handler
+    is restored on exit."""
+
+    def __enter__(self):
+        self.fired = False
+        self._before = signal.getsignal(signal.SIGINT)
+        self._active = (threading.current_thread() is threading.main_thread()
+                        and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+        if self._active:
+            signal.signal(signal.SIGINT, self._marker)
+        return self
+
+    @staticmethod
+    def _marker(signum, frame):  # Python's default behaviour, under a name of our own
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._active:
+            self.fired = signal.getsignal(signal.SIGINT) is self._marker
+            signal.signal(signal.SIGINT, self._before)
+
+
+def _end_unfinished_runs(uri: str, experiment_id: str, parent: str, trial_count: int) -> int:
+    """After a Ctrl-C ended ``fit()``, mark every trial run that did not finish KILLED (a stopped driver leaves its
+    run RUNNING, or ends it FAILED when the signal killed its Train controller first) and return how many trials
+    did not finish, counting those that never started."""
+    runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent}'")
+    unfinished = [r for r in runs if r.info.status != "FINISHED"]
+    for run in unfinished:  # --resume sets them RUNNING again and finishes them
+        tracking.end_run(uri, run.info.run_id, "KILLED")
+    return len(unfinished) + max(0, trial_count - len(runs))
 
 
 def _report(uri: str, parent: str, experiment_id: str) -> str:

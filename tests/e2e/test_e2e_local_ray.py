@@ -152,6 +152,34 @@ def test_sigkilled_local_launch_leaves_nothing_and_the_next_launch_finishes(tmp_
             local_ray.stop_instance(temp_dir)
 
 
+def test_ctrl_c_ends_the_launch_with_130_and_leaves_no_run_running(tmp_path):
+    """A Ctrl-C in the launcher's terminal (SIGINT to its process group) mid-trial: Tune stops the trials, the
+    launcher marks their MLflow runs and its own KILLED (the drivers die before they can end their runs), says how
+    to resume, and exits 130; the launch's Ray instance goes away."""
+    proc = _launch(tmp_path / "interrupted", _spec("interrupted", epochs=1000))  # still training at the Ctrl-C
+    temp_dir = None
+    try:
+        temp_dir = _wait_for(lambda: _temp_dir_of(proc), 300, "the launch's Ray temp dir", proc)
+
+        def training():  # the trial's MLflow run holds a finished epoch
+            return any(r.data.tags.get("diml.role") == "trial" and "train/loss" in r.data.metrics
+                       for r in _runs(tmp_path / "interrupted", "interrupted"))
+
+        _wait_for(training, 900, "the trial's first epoch in MLflow", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out = _finish(proc, timeout=300)
+        assert proc.returncode == 130, out
+        assert "interrupted: 1 trial(s) stopped before they finished" in out and "--resume" in out, out
+        runs = {r.data.tags.get("diml.role"): r.info.status for r in _runs(tmp_path / "interrupted", "interrupted")}
+        assert runs == {"launch": "KILLED", "trial": "KILLED"}, runs
+        _wait_for(lambda: not os.path.exists(temp_dir), 120, "the launch's Ray instance to go away")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if temp_dir and os.path.exists(temp_dir):
+            local_ray.stop_instance(temp_dir)
+
+
 def test_two_local_launches_at_once_each_run_on_their_own_instance(tmp_path):
     procs = {name: _launch(tmp_path / name, _spec(name)) for name in ("left", "right")}
     try:
