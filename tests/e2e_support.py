@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import time
 
 import yaml
 
@@ -37,3 +39,33 @@ def write_spec(folder: pathlib.Path, spec: dict, name: str = "spec.yaml") -> pat
     path = folder / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    """``predicate()``'s first truthy value within ``timeout`` seconds; fails early if the launcher ``proc`` exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"launcher exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def descendants(root_pid: int) -> set[int]:
+    """Every process below ``root_pid`` (children, grandchildren, ...), from ``/proc``."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {root_pid}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found

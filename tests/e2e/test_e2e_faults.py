@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from e2e_support import ROOT, TINY_SPEC, write_spec
+from e2e_support import ROOT, TINY_SPEC, descendants, wait_for, write_spec
 
 from pipeline.trial.train_state import TRAIN_SNAPSHOT
 
@@ -50,32 +50,6 @@ def _children(folder: pathlib.Path, name: str):
     return c, [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("diml.role") == "trial"]
 
 
-def _wait_for(predicate, timeout: float, what: str, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"launcher exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _descendants(root_pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {root_pid}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
 
 
 def _train_workers_of_this_session() -> list[int]:
@@ -83,7 +57,7 @@ def _train_workers_of_this_session() -> list[int]:
 
     raylet = worker._global_node.all_processes["raylet"][0].process.pid
     pids = []
-    for pid in _descendants(raylet):
+    for pid in descendants(raylet):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"RayTrainWorker" in f.read():
@@ -107,9 +81,9 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_session, tmp_pa
     proc = _launch(ray_session, tmp_path, _spec("killworker", epochs=8,
                                                 batch={**TINY_SPEC["batch"], "batches_per_epoch": 4}))
     ckpts = lambda: list((tmp_path / "ray").rglob("checkpoint_*"))  # noqa: E731
-    _wait_for(ckpts, 240, "the first checkpoint", proc)
+    wait_for(ckpts, 240, "the first checkpoint", proc)
     time.sleep(1.5)  # the controller registers a reported checkpoint on its next poll (0.5 s here)
-    workers = _wait_for(_train_workers_of_this_session, 60, "the trial's Train workers", proc)
+    workers = wait_for(_train_workers_of_this_session, 60, "the trial's Train workers", proc)
     os.kill(workers[-1], signal.SIGKILL)
     out = _finish(proc)
     assert proc.returncode == 0, out
@@ -135,7 +109,7 @@ def test_killed_launcher_resumes_without_duplicate_runs(ray_session, tmp_path):
                    and c.get_metric_history(r.info.run_id, "train/loss")]
         return len(done) == 1 and started and list((tmp_path / "ray").rglob("checkpoint_*"))
 
-    _wait_for(second_trial_has_an_epoch, 300, "one finished trial and one mid-way", proc)
+    wait_for(second_trial_has_an_epoch, 300, "one finished trial and one mid-way", proc)
     time.sleep(1.5)  # the second trial's first checkpoint registers; Tune saves its state every 0.5 s
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from e2e_support import ROOT, TEST_ENV, TINY_SPEC, write_spec
+from e2e_support import ROOT, TEST_ENV, TINY_SPEC, descendants, wait_for, write_spec
 from pipeline.launch import local_ray
 
 pytestmark = pytest.mark.e2e
@@ -57,21 +56,6 @@ def _temp_dir_of(launcher: subprocess.Popen) -> str | None:
     return None
 
 
-def _descendants(root_pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {root_pid}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
 
 def _train_worker(temp_dir: str) -> bool:
     for pid in local_ray.instance_pids(temp_dir):
@@ -83,17 +67,6 @@ def _train_worker(temp_dir: str) -> bool:
             continue
     return False
 
-
-def _wait_for(predicate, timeout, what, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"launcher exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _finish(proc, timeout=900) -> str:
@@ -127,9 +100,9 @@ def test_sigkilled_local_launch_leaves_nothing_and_the_next_launch_finishes(tmp_
     first = _launch(tmp_path / "first", _spec("killed", epochs=30))
     temp_dir, second, before = None, None, set()
     try:
-        temp_dir = _wait_for(lambda: _temp_dir_of(first), 300, "the first launch's Ray temp dir", first)
-        _wait_for(lambda: _train_worker(temp_dir), 600, "the first launch's Train worker", first)
-        before = set(local_ray.instance_pids(temp_dir)) | _descendants(first.pid)
+        temp_dir = wait_for(lambda: _temp_dir_of(first), 300, "the first launch's Ray temp dir", first)
+        wait_for(lambda: _train_worker(temp_dir), 600, "the first launch's Train worker", first)
+        before = set(local_ray.instance_pids(temp_dir)) | descendants(first.pid)
         started = {pid: local_ray._start_time(pid) for pid in before}
         os.killpg(first.pid, signal.SIGKILL)  # what a lost SSH session or `kill -9` does to the launcher
         first.wait()
@@ -139,7 +112,7 @@ def test_sigkilled_local_launch_leaves_nothing_and_the_next_launch_finishes(tmp_
             left = [pid for pid, t in started.items() if t is not None and local_ray._start_time(pid) == t]
             return not left and not os.path.exists(temp_dir)
 
-        _wait_for(first_is_gone, 120, "every process of the killed launch to end")
+        wait_for(first_is_gone, 120, "every process of the killed launch to end")
         assert len(started) >= 8  # gcs, raylet, agents, Tune driver, Train controller and worker, cleaner, ...
         out = _finish(second)
         _assert_clean(second, out, tmp_path / "second", "after")
@@ -159,20 +132,20 @@ def test_ctrl_c_ends_the_launch_with_130_and_leaves_no_run_running(tmp_path):
     proc = _launch(tmp_path / "interrupted", _spec("interrupted", epochs=1000))  # still training at the Ctrl-C
     temp_dir = None
     try:
-        temp_dir = _wait_for(lambda: _temp_dir_of(proc), 300, "the launch's Ray temp dir", proc)
+        temp_dir = wait_for(lambda: _temp_dir_of(proc), 300, "the launch's Ray temp dir", proc)
 
         def training():  # the trial's MLflow run holds a finished epoch
             return any(r.data.tags.get("diml.role") == "trial" and "train/loss" in r.data.metrics
                        for r in _runs(tmp_path / "interrupted", "interrupted"))
 
-        _wait_for(training, 900, "the trial's first epoch in MLflow", proc)
+        wait_for(training, 900, "the trial's first epoch in MLflow", proc)
         os.killpg(proc.pid, signal.SIGINT)
         out = _finish(proc, timeout=300)
         assert proc.returncode == 130, out
         assert "interrupted: 1 trial(s) stopped before they finished" in out and "--resume" in out, out
         runs = {r.data.tags.get("diml.role"): r.info.status for r in _runs(tmp_path / "interrupted", "interrupted")}
         assert runs == {"launch": "KILLED", "trial": "KILLED"}, runs
-        _wait_for(lambda: not os.path.exists(temp_dir), 120, "the launch's Ray instance to go away")
+        wait_for(lambda: not os.path.exists(temp_dir), 120, "the launch's Ray instance to go away")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -183,7 +156,7 @@ def test_ctrl_c_ends_the_launch_with_130_and_leaves_no_run_running(tmp_path):
 def test_two_local_launches_at_once_each_run_on_their_own_instance(tmp_path):
     procs = {name: _launch(tmp_path / name, _spec(name)) for name in ("left", "right")}
     try:
-        dirs = {name: _wait_for(lambda p=p: _temp_dir_of(p), 300, f"{name}'s temp dir", p)
+        dirs = {name: wait_for(lambda p=p: _temp_dir_of(p), 300, f"{name}'s temp dir", p)
                 for name, p in procs.items()}
         assert dirs["left"] != dirs["right"]
         outputs = {name: _finish(p) for name, p in procs.items()}
@@ -211,5 +184,5 @@ def test_the_cleaner_reads_actor_liveness_from_its_own_gcs(ray_session):
     actor_id = probe._actor_id.hex()
     assert actor_alive_in_gcs(actor_id) is True
     ray_session.kill(probe)
-    _wait_for(lambda: not actor_alive_in_gcs(actor_id), 60, "the killed actor to be DEAD")
+    wait_for(lambda: not actor_alive_in_gcs(actor_id), 60, "the killed actor to be DEAD")
     assert actor_alive_in_gcs("ff" * 16) is False
