@@ -23,8 +23,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 SECTIONS = ("ot", "ot_threads", "eval", "train", "pipeline", "quickstart")
 KEYS = ("case", "features", "method", "loss", "similarity", "seconds", "pairs_per_s", "images_per_s", "step_s",
-        "speedup", "pairs_per_s_1t", "pairs_per_s_2t", "ratio_2t_1t", "ratio_spread", "speedup_vs_pot_batch_2t",
-        "diml_overhead", "speedup_vs_1_worker", "trial_to_first_batch_s", "wall_s")
+        "speedup", "pairs_per_s_1t", "pairs_per_s_2t", "ratio_2t_1t", "ratio_spread", "control_ratio_2t_1t",
+        "speedup_vs_pot_batch_2t", "diml_overhead", "speedup_vs_1_worker", "trial_to_first_batch_s", "wall_s")
 
 
 def _section(name: str, quick: bool, device: str) -> list[dict]:

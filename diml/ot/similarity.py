@@ -14,13 +14,18 @@ On a CPU without autograd, with ``T = torch.get_num_threads() > 1`` and at least
 are cut into (a multiple of) ``T`` near-equal blocks of at most ``chunk_size / T`` pairs, and ``T`` threads solve
 one block each at a time, the whole pipeline per block (:mod:`diml.ot._threads`): the memory bound stays
 ``chunk_size`` pairs in flight, and the similarities are those of one thread (each problem is solved on its own).
+
+On a CPU without autograd a block's solve is :func:`diml.ot._cpu.similarities`: the compiled scaling phase fused
+with the kernel and the similarity, so no plan is ever stored (the same algorithm as :func:`diml.ot.match`, whose
+similarities it reproduces to 1e-6); elsewhere it is ``solve_pairs(...).similarity``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from diml.ot import _options, _threads
+from diml.ot import _cpu, _options, _threads, newton
+from diml.ot._scaling import ABSORB_LOG, MIN_ITERS, SWITCH_ITERS
 from diml.options import OTOptions, as_options
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
 
@@ -40,7 +45,8 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions
     """
     ot = as_options(ot)
     _options.check_chunk_size(chunk_size)
-    qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
+    with _threads.caller_alone(q_local, r_local):
+        qn, qg, rn, rg = _prepare(q_local, q_global, r_local, r_global, candidates=False)
     nq, nr = qn.shape[0], rn.shape[0]
     if nq * nr == 0:
         return qn.new_zeros((nq, nr))
@@ -49,12 +55,23 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions
 
     def solve_block(block):
         q, r = slice(*block[:2]), slice(*block[2:])
-        return solve_pairs(*pair_terms_all(qn[q], qg[q], rn[r], rg[r], ot.marginals), ot).similarity
+        return _similarities(*pair_terms_all(qn[q], qg[q], rn[r], rg[r], ot.marginals), ot)
 
     out = qn.new_zeros((nq, nr))
     for (q0, q1, r0, r1), sim in zip(blocks, _threads.map_blocks(solve_block, blocks, threads)):
         out[q0:q1, r0:r1] = sim
     return out
+
+
+def _similarities(cell_sim, a, b, ot: OTOptions) -> torch.Tensor:
+    """``solve_pairs(cell_sim, a, b, ot).similarity``; on a CPU without autograd, the compiled solve that keeps only
+    the similarities (:func:`diml.ot._cpu.similarities`: the same algorithm, fused into one pass)."""
+    if _cpu.applies_similarity(cell_sim, a, b, eps=ot.eps):
+        return _cpu.similarities(cell_sim, a, b, eps=float(ot.eps), max_iter=ot.max_iter, tol=float(ot.tol),
+                                 check_every=ot.check_every, min_iters=MIN_ITERS, switch_iters=SWITCH_ITERS,
+                                 newton_steps=ot.newton_steps, absorb_log=ABSORB_LOG, trust=newton.MAX_LOG_SHIFT,
+                                 armijo=newton.ARMIJO, halvings=newton.HALVINGS)
+    return solve_pairs(cell_sim, a, b, ot).similarity
 
 
 def _even_ranges(total: int, most: int, multiple: int) -> list[tuple[int, int]]:
@@ -91,7 +108,8 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ot
     _options.check_chunk_size(chunk_size)
     if not isinstance(normalized, bool):
         raise ValueError(f"normalized must be True or False (got {normalized!r})")
-    qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True, normalized=normalized)
+    with _threads.caller_alone(q_local, c_local):
+        qn, qg, cn, cg = _prepare(q_local, q_global, c_local, c_global, candidates=True, normalized=normalized)
     nq, k = cn.shape[:2]
     if nq * k == 0:
         return qn.new_zeros((nq, k))
@@ -101,7 +119,7 @@ def structural_similarity_candidates(q_local, q_global, c_local, c_global, *, ot
     def solve_block(block):
         q = slice(*block)
         terms = pair_terms_candidates(qn[q], qg[q], cn[q], cg[q], ot.marginals, normalized)
-        return solve_pairs(*terms, ot).similarity
+        return _similarities(*terms, ot)
 
     out = _threads.map_blocks(solve_block, blocks, threads)
     return torch.cat(out, 0) if out else qn.new_zeros((0, k))

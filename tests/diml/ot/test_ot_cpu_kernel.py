@@ -10,6 +10,7 @@ import torch
 from ot_testkit import near_duplicates, pot_plan, random_images, reference_terms
 
 from diml.ot import OTOptions, _cpu, match, structural_similarity
+from diml.ot.similarity import _similarities
 from diml.ot._scaling import LogKernel
 from diml.ot.sinkhorn import solve
 
@@ -152,3 +153,74 @@ def test_cholesky_solve_and_its_failure_report():
     indefinite = spd.numpy().copy()
     indefinite[3, 3] = -1.0
     assert not _cpu._cholesky_solve(indefinite, rhs.numpy(), out)
+
+
+def _block_terms(dtype, dup_noise=0.03):
+    """All pairs of 9 images (and their near-duplicates if ``dup_noise``) as a block: ``S (N, N, R, R)`` as the
+    strided view that pair_terms_all returns (query cells x reference cells, transposed), with zero-mass rows and
+    columns."""
+    S, a, b = _terms(dup_noise=dup_noise)
+    S, a, b = (t.to(dtype) for t in (S, a, b))
+    a[3, :5] = 0.0
+    b[7, 2] = 0.0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    n = int(round(S.shape[0] ** 0.5))
+    strided = S.view(n, n, 16, 16).transpose(0, 1).contiguous().transpose(0, 1)
+    assert not strided.is_contiguous()
+    return strided, a.view(n, n, 16), b.view(n, n, 16)
+
+
+def _counting_polish(monkeypatch):
+    _cpu.compile_kernels()
+    polished = []
+    kernel = _cpu._newton_problems
+
+    def counting(log_k, *args):
+        polished.append(log_k.shape[0])
+        return kernel(log_k, *args)
+
+    monkeypatch.setattr(_cpu, "_newton_problems", counting)
+    return polished
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_similarities_equal_the_plan_pipeline(dtype, monkeypatch):
+    S, a, b = _block_terms(dtype)
+    polished = _counting_polish(monkeypatch)
+    opts = OTOptions(eps=EPS, tol=1e-6)
+    fused = _similarities(S, a, b, opts)
+    assert fused.dtype == dtype and fused.shape == (18, 18)
+    assert sum(polished) >= 10  # the near-duplicates went to the polish
+    monkeypatch.setattr(_cpu, "ENABLED", False)  # the tensor pipeline: plans, then sum(T * S)
+    tensor = _similarities(S, a, b, opts)
+    assert float((fused - tensor).abs().max()) <= 1e-6
+
+
+def test_fused_similarities_match_pot_in_float64():
+    S, a, b = _block_terms(torch.float64, dup_noise=None)
+    S, a, b = S[:4, 4:], a[:4, 4:], b[:4, 4:]  # no self-pairs (near-permutations, slow for POT)
+    fused = _similarities(S, a, b, OTOptions(eps=EPS, tol=1e-10))
+    for q in range(4):
+        for k in range(5):
+            plan = pot_plan(1 - S[q, k], a[q, k], b[q, k], EPS, stop=1e-12)
+            assert abs(float(fused[q, k]) - float((plan * S[q, k].numpy()).sum())) <= 1e-8
+
+
+def test_fused_similarities_without_polish_report_the_unconverged_iterate(monkeypatch):
+    S, a, b = _block_terms(torch.float32)
+    opts = OTOptions(eps=EPS, max_iter=12, newton_steps=0)
+    fused = _similarities(S, a, b, opts)
+    monkeypatch.setattr(_cpu, "ENABLED", False)
+    assert float((fused - _similarities(S, a, b, opts)).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("where", ["S", "a", "b"])
+def test_fused_similarities_raise_the_pipeline_errors(where):
+    S, a, b = (t.clone() for t in _block_terms(torch.float32))
+    {"S": S, "a": a, "b": b}[where][2, 5, 3] = float("nan")
+    with pytest.raises(ValueError, match="contain NaN or inf"):
+        _similarities(S, a, b, OTOptions(eps=EPS))
+    S, a, b = _block_terms(torch.float32)
+    S = S * 1.01
+    with pytest.raises(ValueError, match=r"cell cosine similarities reach 1\.01, beyond \[-1, 1\]"):
+        _similarities(S, a, b, OTOptions(eps=EPS))

@@ -17,13 +17,13 @@ def two_threads(monkeypatch):
     monkeypatch.setattr(_threads, "MIN_BLOCK_PAIRS", 16)
     saved = torch.get_num_threads()
     calls = []
-    solve_pairs = similarity.solve_pairs
+    solve_block = similarity._similarities
 
     def recording(*args, **kwargs):
         calls.append((threading.current_thread().name, torch.get_num_threads(), args[0].shape[:2]))
-        return solve_pairs(*args, **kwargs)
+        return solve_block(*args, **kwargs)
 
-    monkeypatch.setattr(similarity, "solve_pairs", recording)
+    monkeypatch.setattr(similarity, "_similarities", recording)
     yield calls
     torch.set_num_threads(saved)
 
@@ -83,6 +83,31 @@ def test_gradients_and_small_inputs_stay_in_the_caller(two_threads):
     _threads.MIN_BLOCK_PAIRS = 1000  # 400 pairs: too few for two threads (monkeypatch restores it)
     structural_similarity(local, glob, local, glob)
     assert [name for name, _, _ in two_threads] == [threading.current_thread().name]
+
+
+def test_the_set_up_runs_on_one_thread_when_blocks_take_the_threads(two_threads, monkeypatch):
+    # OpenMP's idle team spins after a parallel region: the set-up must not leave one on the blocks' cores
+    local, glob = _images()
+    prepare, seen = similarity._prepare, []
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(similarity, "_prepare", recording)
+    torch.set_num_threads(2)
+    structural_similarity(local, glob, local, glob, ot=TOL4, chunk_size=160)
+    structural_similarity_candidates(local, glob, local[:, None].expand(-1, 4, -1, -1), glob[:, None].expand(-1, 4, -1),
+                                     ot=TOL4)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    leaf = local.clone().requires_grad_(True)  # autograd and other callers keep their threads
+    structural_similarity(leaf, glob, local, glob)
+    assert seen == [1, 1, 2]
+    with _threads.caller_alone(local, "not a tensor"):
+        assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with _threads.caller_alone(local):
+        assert torch.get_num_threads() == 1
 
 
 def test_even_blocks():
