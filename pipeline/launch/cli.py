@@ -21,7 +21,7 @@ from pipeline.launch.study import SpecError, Study, build_study, load_spec_file
 
 EXIT_SPEC = 2
 EXIT_TRIALS_FAILED = 1
-EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT (143 after a SIGTERM: 128 + the signal)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time: {time.perf_counter() - started:.1f} s")
     print(tracking.ui_hint(uri, study.launch.tracking.experiment or study.name))
     if outcome.interrupted:
-        return EXIT_INTERRUPTED
+        return 128 + outcome.stop_signal if outcome.stop_signal else EXIT_INTERRUPTED
     return 0 if outcome.all_ok else EXIT_TRIALS_FAILED
 
 

@@ -42,7 +42,8 @@ class Outcome:
     parent_run_id: str | None = None
     experiment_path: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    interrupted: int = 0  # trials a Ctrl-C (SIGINT) stopped before they finished
+    interrupted: int = 0  # trials a Ctrl-C (SIGINT) or a SIGTERM stopped before they finished
+    stop_signal: int = 0  # the signal that stopped them (the launcher exits 128 + it, as a shell reports)
 
     @property
     def all_ok(self) -> bool:
@@ -57,7 +58,8 @@ class Outcome:
         if self.timings:
             text += "\n\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         if self.interrupted:
-            text += (f"\n\ninterrupted: {self.interrupted} trial(s) stopped before they finished (their MLflow runs "
+            by = f" by {signal.Signals(self.stop_signal).name}" if self.stop_signal else ""
+            text += (f"\n\ninterrupted{by}: {self.interrupted} trial(s) stopped before they finished (their MLflow runs "
                      "are KILLED); finish them with the same command and --resume")
         return text
 
@@ -224,7 +226,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
                            autoscaling=bool(address or os.environ.get("RAY_ADDRESS")))
         clock = time.perf_counter()
         try:
-            with tune_state.StateGuard(path), _SigintWatch() as sigint:
+            with tune_state.StateGuard(path), _StopSignals() as stop:
                 grid = tuner.fit()
         except tune_state.DamagedState:
             tracking.end_run(uri, parent, "FAILED")
@@ -233,7 +235,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
         errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
                   for r in grid if r.error is not None}
         trial_count = len(grid)
-        user_stopped = sigint.fired
+        user_stopped, stop_signal = stop.fired, stop.signum
     finally:
         if started_ray:
             import ray
@@ -249,37 +251,56 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
     tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)
     tracking.end_run(uri, parent, "KILLED" if interrupted else "FAILED" if errors else "FINISHED")
     return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
-                   experiment_path=f"{storage}/{name}", timings=timings, interrupted=interrupted)
+                   experiment_path=f"{storage}/{name}", timings=timings, interrupted=interrupted,
+                   stop_signal=int(stop_signal) if interrupted else 0)
 
 
-class _SigintWatch:
-    """Whether Tune's Ctrl-C handler fired during ``fit()``: Tune's ``fit()`` installs its own SIGINT handler and,
-    when it fires, restores the handler it found and ends the run early but *normally* (Ray 2.60,
-    ``ray/tune/tune.py: _setup_signal_catching``); after a normal end its handler stays installed.  So a marker
-    handler installed before ``fit()`` and found again afterwards means Tune was interrupted.  The previous handler
-    is restored on exit."""
+class _StopSignals:
+    """Whether a stop signal ended ``fit()`` early, and which (``signum``: 0, SIGINT or SIGTERM).
+
+    Ctrl-C: Tune's ``fit()`` installs its own SIGINT handler and, when it fires, restores the handler it found and
+    ends the run early but *normally* (Ray 2.60, ``ray/tune/tune.py: _setup_signal_catching``); after a normal end
+    its handler stays installed.  So a marker handler installed before ``fit()`` and found again afterwards means
+    Tune was interrupted.
+
+    SIGTERM (``kill``, ``timeout``, a batch scheduler or Kubernetes stopping the job): Python's default would end
+    the launcher at once, leaving its MLflow runs RUNNING.  During ``fit()`` it is handed to the SIGINT handler in
+    place (Tune's, so the trials stop and the runs are ended as after a Ctrl-C; a second one stops at once, as a
+    second Ctrl-C).  The previous handlers are restored on exit."""
 
     def __enter__(self):
-        self.fired = False
+        self.fired, self.signum = False, 0
         self._before = signal.getsignal(signal.SIGINT)
+        self._before_term = signal.getsignal(signal.SIGTERM)
         self._active = (threading.current_thread() is threading.main_thread()
                         and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
         if self._active:
             signal.signal(signal.SIGINT, self._marker)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
 
     @staticmethod
     def _marker(signum, frame):  # Python's default behaviour, under a name of our own
         raise KeyboardInterrupt
 
+    def _on_sigterm(self, signum, frame):
+        self.signum = self.signum or signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # someone set SIG_IGN / SIG_DFL for SIGINT: stop as Python's default SIGTERM would
+            raise SystemExit(128 + signal.SIGTERM)
+
     def __exit__(self, *exc) -> None:
         if self._active:
             self.fired = signal.getsignal(signal.SIGINT) is self._marker
+            self.signum = (self.signum or signal.SIGINT) if self.fired else 0
             signal.signal(signal.SIGINT, self._before)
+            signal.signal(signal.SIGTERM, self._before_term)
 
 
 def _end_unfinished_runs(uri: str, experiment_id: str, parent: str, trial_count: int) -> int:
-    """After a Ctrl-C ended ``fit()``, mark every trial run that did not finish KILLED (a stopped driver leaves its
+    """After a Ctrl-C or a SIGTERM ended ``fit()``, mark every trial run that did not finish KILLED (a stopped driver leaves its
     run RUNNING, or ends it FAILED when the signal killed its Train controller first) and return how many trials
     did not finish, counting those that never started."""
     runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent}'")

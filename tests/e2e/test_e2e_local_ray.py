@@ -125,11 +125,13 @@ def test_sigkilled_local_launch_leaves_nothing_and_the_next_launch_finishes(tmp_
             local_ray.stop_instance(temp_dir)
 
 
-def test_ctrl_c_ends_the_launch_with_130_and_leaves_no_run_running(tmp_path):
-    """A Ctrl-C in the launcher's terminal (SIGINT to its process group) mid-trial: Tune stops the trials, the
-    launcher marks their MLflow runs and its own KILLED (the drivers die before they can end their runs), says how
-    to resume, and exits 130; the launch's Ray instance goes away."""
-    proc = _launch(tmp_path / "interrupted", _spec("interrupted", epochs=1000))  # still training at the Ctrl-C
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_a_stop_signal_ends_the_launch_and_leaves_no_run_running(tmp_path, how):
+    """A Ctrl-C in the launcher's terminal (SIGINT to its process group), or a SIGTERM to the launcher alone (as
+    ``kill``, ``timeout`` or a scheduler sends), mid-trial: Tune stops the trials, the launcher marks their MLflow
+    runs and its own KILLED (the drivers die before they can end their runs), says how to resume, and exits 130 or
+    143; the launch's Ray instance goes away."""
+    proc = _launch(tmp_path / "interrupted", _spec("interrupted", epochs=1000))  # still training at the signal
     temp_dir = None
     try:
         temp_dir = wait_for(lambda: _temp_dir_of(proc), 300, "the launch's Ray temp dir", proc)
@@ -139,10 +141,14 @@ def test_ctrl_c_ends_the_launch_with_130_and_leaves_no_run_running(tmp_path):
                        for r in _runs(tmp_path / "interrupted", "interrupted"))
 
         wait_for(training, 900, "the trial's first epoch in MLflow", proc)
-        os.killpg(proc.pid, signal.SIGINT)
+        if how == "ctrl_c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         out = _finish(proc, timeout=300)
-        assert proc.returncode == 130, out
-        assert "interrupted: 1 trial(s) stopped before they finished" in out and "--resume" in out, out
+        assert proc.returncode == {"ctrl_c": 130, "sigterm": 143}[how], out
+        by = {"ctrl_c": "by SIGINT", "sigterm": "by SIGTERM"}[how]
+        assert f"interrupted {by}: 1 trial(s) stopped before they finished" in out and "--resume" in out, out
         runs = {r.data.tags.get("diml.role"): r.info.status for r in _runs(tmp_path / "interrupted", "interrupted")}
         assert runs == {"launch": "KILLED", "trial": "KILLED"}, runs
         wait_for(lambda: not os.path.exists(temp_dir), 120, "the launch's Ray instance to go away")
