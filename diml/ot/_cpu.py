@@ -23,7 +23,8 @@ solve; autodiff and GPUs use the tensor path.
 Similarity matrices (:func:`diml.ot.structural_similarity` and ``_candidates``, which keep no plans) use the same
 scaling kernel fused with the rest of the pipeline (:func:`similarities`): the kernel ``exp((S - 1) / eps)`` is
 taken as a problem is loaded into its lane and a converged problem leaves ``sum_ij T_ij S_ij`` instead of its plan,
-which removes a dozen passes over ``(pairs, n, m)`` tensors (measured on a 112-batch, one thread: 120 -> 70 ms).
+which removes a dozen passes over ``(pairs, n, m)`` tensors (measured on all pairs of a 112-batch, one thread:
+110-126 -> 70-76 ms).
 
 Set ``DIML_OT_CPU_KERNEL=0`` to disable all three (then, as without numba installed, the tensor path runs).
 """

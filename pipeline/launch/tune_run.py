@@ -59,8 +59,8 @@ class Outcome:
             text += "\n\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         if self.interrupted:
             by = f" by {signal.Signals(self.stop_signal).name}" if self.stop_signal else ""
-            text += (f"\n\ninterrupted{by}: {self.interrupted} trial(s) stopped before they finished (their MLflow runs "
-                     "are KILLED); finish them with the same command and --resume")
+            text += (f"\n\ninterrupted{by}: {self.interrupted} trial(s) stopped before they finished (their MLflow "
+                     "runs are KILLED); finish them with the same command and --resume")
         return text
 
 
