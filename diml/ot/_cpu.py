@@ -54,7 +54,7 @@ _COMPILED = False
 
 def compile_kernels() -> None:
     """Import numba and replace the module's kernels by their compiled versions (idempotent, thread-safe)."""
-    global _COMPILED, _load, _scale_problems, _cholesky_solve, _newton_problems
+    global _COMPILED, _load, _scale_problems, _cholesky_solve, _newton_problems, _polish_similarities
     with _COMPILE_LOCK:
         if _COMPILED:
             return
@@ -65,6 +65,7 @@ def compile_kernels() -> None:
         _cholesky_solve = numba.njit(cache=True, nogil=True)(_cholesky_solve_py)
         _scale_problems = numba.njit(cache=True, fastmath=_FASTMATH, nogil=True)(_scale_problems_py)
         _newton_problems = numba.njit(cache=True, nogil=True)(_newton_problems_py)
+        _polish_similarities = numba.njit(cache=True, nogil=True)(_polish_similarities_py)
         _COMPILED = True
 
 
@@ -136,27 +137,70 @@ def similarities(cell_sim, a, b, *, eps, max_iter, tol, check_every, min_iters, 
                float(absorb_log), True, 1.0 / float(eps), -1.0 / float(eps))
     outs = (x, y, np.empty((1, 1, 1), dtype=dt), sim, iters, status)
     over_ranges(lambda lo, hi: _scale_problems(src, a_np, b_np, lo, hi, *options, *outs), B, 4 * LANES)
-    flags = torch.from_numpy(status)
-    if bool((flags == 2).any()):
+    worst = int(status.max()) if B else 0
+    if worst == 2:
         raise ValueError(_bad_terms_message(cell_sim, a, b))
-    left = flags.nonzero().squeeze(1)
+    if worst == 1:  # the polish, in float64, on the few slow problems: gathered, solved and reduced compiled
+        options = (1.0 / float(eps), -1.0 / float(eps), int(newton_steps), float(tol), float(trust), float(armijo),
+                   int(halvings))
+        over_ranges(lambda lo, hi: _polish_similarities(src, a_np, b_np, x, y, status, lo, hi, *options, sim),
+                    B, 4 * LANES)
     out = torch.from_numpy(sim)
-    if len(left):  # the polish, in float64, on the few slow problems
-        q, k = left // K, left % K
-        s64 = cell_sim.detach()[q, k].double()
-        a64, b64 = a.detach()[q, k].double(), b.detach()[q, k].double()
-        b64 = b64 * (a64.sum(1, keepdim=True) / b64.sum(1, keepdim=True))
-        neg = torch.finfo(torch.float64).min / 4
-        x64 = torch.where(a64 > 0, torch.from_numpy(x)[left].double().log(), neg).numpy().copy()
-        y64 = torch.where(b64 > 0, torch.from_numpy(y)[left].double().log(), neg).numpy().copy()
-        plan = np.empty((len(left), n, m), dtype=np.float64)
-        used = np.zeros(len(left), dtype=np.int64)
-        arrays = ((s64 * (1.0 / eps)).add_(-1.0 / eps).numpy(), a64.numpy(), b64.numpy(), x64, y64, plan, used)
-        options = (int(newton_steps), float(tol), float(trust), float(armijo), int(halvings))
-        over_ranges(lambda lo, hi: _newton_problems(*(t[lo:hi] for t in arrays), *options), len(left), 64)
-        polished = torch.linalg.vecdot(torch.from_numpy(plan).view(-1, n * m), s64.reshape(-1, n * m))
-        out.index_copy_(0, left, polished.to(out.dtype))
     return out.view(Q, K)
+
+
+def _polish_similarities_py(src, a, b, x, y, status, lo, hi, scale, shift, steps, tol, trust, armijo, halvings,
+                            sim_out):
+    """Numba source: the float64 Newton polish (:func:`_newton_problems`) of the problems ``p`` in ``[lo, hi)`` with
+    ``status[p] == 1``, started from the scalings ``x[p] = u``, ``y[p] = v`` that :func:`_scale_problems` left, with
+    ``log K = S * scale + shift`` and ``b`` rescaled to the mass of ``a``; writes ``sum_ij T_ij S_ij`` to
+    ``sim_out[p]``.  (The tensor pipeline's steps: gather, logs, polish, similarity, without a dozen small tensor
+    operators per block.)"""
+    K, n, m = src.shape[1], src.shape[2], src.shape[3]
+    count = 0
+    for p in range(lo, hi):
+        if status[p] == 1:
+            count += 1
+    if count == 0:
+        return
+    idx = np.empty(count, dtype=np.int64)
+    log_k = np.empty((count, n, m))
+    a64 = np.empty((count, n))
+    b64 = np.empty((count, m))
+    x64 = np.empty((count, n))
+    y64 = np.empty((count, m))
+    neg = np.finfo(np.float64).min / 4  # log(0) held as a large finite negative number, as the tensor path
+    c = 0
+    for p in range(lo, hi):
+        if status[p] != 1:
+            continue
+        q, k = p // K, p % K
+        idx[c] = p
+        mass_a, mass_b = 0.0, 0.0
+        for i in range(n):
+            a64[c, i] = a[q, k, i]
+            mass_a += a64[c, i]
+            x64[c, i] = math.log(float(x[p, i])) if a64[c, i] > 0 else neg
+            for j in range(m):
+                log_k[c, i, j] = float(src[q, k, i, j]) * scale + shift
+        for j in range(m):
+            b64[c, j] = b[q, k, j]
+            mass_b += b64[c, j]
+        for j in range(m):
+            b64[c, j] *= mass_a / mass_b
+            y64[c, j] = math.log(float(y[p, j])) if b64[c, j] > 0 else neg
+        c += 1
+    plan = np.empty((count, n, m))
+    used = np.zeros(count, dtype=np.int64)
+    _newton_problems(log_k, a64, b64, x64, y64, plan, used, steps, tol, trust, armijo, halvings)
+    for c in range(count):
+        p = idx[c]
+        q, k = p // K, p % K
+        total = 0.0
+        for i in range(n):
+            for j in range(m):
+                total += plan[c, i, j] * float(src[q, k, i, j])
+        sim_out[p] = total
 
 
 def _bad_terms_message(cell_sim, a, b) -> str:
@@ -533,3 +577,4 @@ def _cholesky_solve_py(mat, rhs, out):
 
 
 _cholesky_solve, _newton_problems = _cholesky_solve_py, _newton_problems_py  # pure Python until compile_kernels()
+_polish_similarities = _polish_similarities_py

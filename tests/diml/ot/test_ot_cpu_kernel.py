@@ -173,13 +173,13 @@ def _block_terms(dtype, dup_noise=0.03):
 def _counting_polish(monkeypatch):
     _cpu.compile_kernels()
     polished = []
-    kernel = _cpu._newton_problems
+    kernel = _cpu._polish_similarities
 
-    def counting(log_k, *args):
-        polished.append(log_k.shape[0])
-        return kernel(log_k, *args)
+    def counting(src, a, b, x, y, status, lo, hi, *args):
+        polished.append(int((status[lo:hi] == 1).sum()))
+        return kernel(src, a, b, x, y, status, lo, hi, *args)
 
-    monkeypatch.setattr(_cpu, "_newton_problems", counting)
+    monkeypatch.setattr(_cpu, "_polish_similarities", counting)
     return polished
 
 
