@@ -190,8 +190,6 @@ def _tuner(study: Study, launch: TrialLaunch, name: str, storage: str, resources
 def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool, address: str | None,
               num_cpus: float | None) -> Outcome:
     """Run every trial of ``study`` on Ray Tune; returns the results table built from MLflow."""
-    from ray import tune
-
     settings = study.launch
     experiment_id = tracking.ensure_experiment(uri, settings.tracking.experiment or study.name,
                                                settings.tracking.artifact_location)
@@ -210,6 +208,21 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
     _write_pointer(storage, launch, {"tune_name": name, "parent_run_id": parent, "experiment_id": experiment_id})
     info = TrialLaunch(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent, storage_path=storage,
                        log_checkpoint=settings.tracking.log_checkpoint)
+    with _SigtermExits():
+        try:
+            return _run_trials(study, info, name=name, path=path, pointer=pointer, address=address, num_cpus=num_cpus)
+        except (KeyboardInterrupt, SystemExit):  # a signal outside Tune's graceful stop: leave no run RUNNING
+            _end_unfinished_runs(uri, experiment_id, parent, 0)
+            tracking.end_run(uri, parent, "KILLED")
+            raise
+
+
+def _run_trials(study: Study, info: TrialLaunch, *, name: str, path: str, pointer: dict | None,
+                address: str | None, num_cpus: float | None) -> Outcome:
+    """The part of :func:`run_study` after the launch's MLflow run exists: Ray, ``fit()``, results and report."""
+    from ray import tune
+
+    uri, experiment_id, parent, storage = info.tracking_uri, info.experiment_id, info.parent_run_id, info.storage_path
     clock = time.perf_counter()
     timings = {}
     started_ray, owner = _start_ray(study, address, num_cpus)
@@ -253,6 +266,27 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
     return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
                    experiment_path=f"{storage}/{name}", timings=timings, interrupted=interrupted,
                    stop_signal=int(stop_signal) if interrupted else 0)
+
+
+class _SigtermExits:
+    """Around a launch: a SIGTERM outside ``fit()`` (Ray starting, results being collected) raises
+    ``SystemExit(143)`` instead of ending the process on the spot, so that the launch's ``finally`` blocks (Ray
+    shut down) and its MLflow clean-up run; inside ``fit()``, :class:`_StopSignals` hands it to Tune instead.  The
+    previous handler is restored on exit (main thread only)."""
+
+    def __enter__(self):
+        self._active = threading.current_thread() is threading.main_thread()
+        if self._active:
+            self._before = signal.signal(signal.SIGTERM, self._exit)
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc) -> None:
+        if self._active:
+            signal.signal(signal.SIGTERM, self._before)
 
 
 class _StopSignals:

@@ -5,7 +5,11 @@ import os
 import signal
 
 import pytest
+from e2e_support import TINY_SPEC, write_spec
 
+from pipeline import tracking
+from pipeline.launch import tune_run
+from pipeline.launch.study import build_study, load_spec_file
 from pipeline.launch.tune_run import _StopSignals
 
 
@@ -42,3 +46,37 @@ def test_no_signal_reports_nothing_and_a_second_sigterm_stops_at_once():
             os.kill(os.getpid(), signal.SIGTERM)  # the first: Tune stops gracefully
             assert stops == [signal.SIGINT]
             os.kill(os.getpid(), signal.SIGTERM)  # the second: as a second Ctrl-C
+
+
+def test_a_sigterm_outside_fit_exits_143_with_the_finally_blocks_run():
+    before = signal.getsignal(signal.SIGTERM)
+    ran = []
+    with pytest.raises(SystemExit) as exc:
+        with tune_run._SigtermExits():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                ran.append("finally")
+    assert exc.value.code == 143 and ran == ["finally"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_launch_stopped_before_or_after_fit_leaves_no_run_running(tmp_path, monkeypatch):
+    """A signal while Ray starts or results are collected (here: SystemExit from _run_trials, after one trial run
+    was opened): the launch run and the unfinished trial run end KILLED, and the exit goes on."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {**TINY_SPEC, "launch": {**TINY_SPEC["launch"], "storage_path": str(tmp_path / "ray_results")},
+            "tracking": {"uri": uri, "experiment": "stopped"}}
+    study = build_study(load_spec_file(write_spec(tmp_path, spec)), source="spec.yaml")
+
+    def stopped_while_running(study, info, **kwargs):
+        tracking.ensure_child_run(uri, info.experiment_id, info.parent_run_id, "trial_0000", "a", {"seed": 0}, {})
+        raise SystemExit(143)
+
+    monkeypatch.setattr(tune_run, "_run_trials", stopped_while_running)
+    with pytest.raises(SystemExit):
+        tune_run.run_study(study, uri=uri, launch="stopped-1", storage=str(tmp_path / "ray_results"), resume=False,
+                           address=None, num_cpus=None)
+    experiment = tracking.ensure_experiment(uri, "stopped")
+    runs = tracking.find_runs(uri, experiment, "")
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and len(runs) == 2
