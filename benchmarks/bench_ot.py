@@ -28,7 +28,8 @@ the method's, measured in the same run.  Use ``--threads 1`` on a shared machine
 measured several times slower on these small batched ops).
 
 ``--thread-scaling`` measures only ours at 1 and 2 intra-op threads, interleaved run by run in one process, and POT
-batched on 2 threads (the thread rows of ``run_all.py``): medians, the spread of the per-run ratio, the load.
+batched on 2 threads (the thread rows of ``run_all.py``): medians, the spread of the per-run ratio, the load, and
+the same ratio for a control kernel of pure vectorised arithmetic timed in the same runs (the machine's ceiling).
 
 Usage::
 

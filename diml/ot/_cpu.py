@@ -39,6 +39,7 @@ import threading
 import numpy as np
 import torch
 
+from diml.ot._options import COSINE_LIMIT, check_cell_terms
 from diml.ot._threads import over_ranges
 
 # reassociation lets LLVM vectorise the row updates; no 'nnan'/'ninf' (zero-mass rows produce log(0) = -inf)
@@ -123,8 +124,9 @@ def similarities(cell_sim, a, b, *, eps, max_iter, tol, check_every, min_iters, 
     similarity); here the cell similarities are read once more per problem, from cache, as it converges.  The few
     problems left for the Newton polish get it as in the tensor pipeline.
 
-    Returns ``(Q, K)`` similarities in ``cell_sim``'s dtype.  Raises the ValueError of ``solve_pairs`` when a cell
-    similarity or marginal is not finite or a cosine leaves [-1, 1] (those problems are skipped, not solved).
+    Returns ``(Q, K)`` similarities in ``cell_sim``'s dtype.  Raises the ValueError of ``solve_pairs``
+    (:func:`diml.ot._options.check_cell_terms`) when a cell similarity or marginal is not finite or a cosine leaves
+    [-1, 1] (those problems are skipped, not solved).
     """
     compile_kernels()
     Q, K, n, m = cell_sim.shape
@@ -138,8 +140,9 @@ def similarities(cell_sim, a, b, *, eps, max_iter, tol, check_every, min_iters, 
     outs = (x, y, np.empty((1, 1, 1), dtype=dt), sim, iters, status)
     over_ranges(lambda lo, hi: _scale_problems(src, a_np, b_np, lo, hi, *options, *outs), B, 4 * LANES)
     worst = int(status.max()) if B else 0
-    if worst == 2:
-        raise ValueError(_bad_terms_message(cell_sim, a, b))
+    if worst == 2:  # the kernel skipped invalid problems; the check says which rule they broke
+        check_cell_terms(cell_sim, a, b)
+        raise ValueError("the cell similarities or marginals are invalid (NaN, inf or cosines beyond [-1, 1])")
     if worst == 1:  # the polish, in float64, on the few slow problems: gathered, solved and reduced compiled
         options = (1.0 / float(eps), -1.0 / float(eps), int(newton_steps), float(tol), float(trust), float(armijo),
                    int(halvings))
@@ -203,18 +206,7 @@ def _polish_similarities_py(src, a, b, x, y, status, lo, hi, scale, shift, steps
         sim_out[p] = total
 
 
-def _bad_terms_message(cell_sim, a, b) -> str:
-    """The error :func:`diml.ot.matching.solve_pairs` raises for these terms (NaN/inf first, then cosines)."""
-    finite = bool(torch.isfinite(cell_sim).all() & torch.isfinite(a).all() & torch.isfinite(b).all())
-    if not finite:
-        return "the local/global embeddings contain NaN or inf; check the model outputs"
-    largest = float(cell_sim.abs().amax())
-    return (f"cell cosine similarities reach {largest:.3g}, beyond [-1, 1]: embeddings passed with "
-            "normalized=True must be L2-normalised along C; drop normalized=True")
-
-
 LANES = 64  # problems iterated side by side (the innermost, vectorised axis); measured 64 > 48 > 128 >> 16, 32
-COSINE_LIMIT = 1.0 + 1e-3  # the largest |cell cosine| accepted (rounding of normalised vectors), as solve_pairs
 
 
 def _scale_problems_py(src, a, b, lo, hi, max_iter, tol, check_every, min_iters, switch_iters, polish, absorb_log,

@@ -6,6 +6,8 @@ Each check raises ``ValueError`` with a one-line message naming the argument and
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diml.options import _check_int
@@ -33,3 +35,19 @@ def check_tensor(name: str, value, ndim: int, shape_doc: str, batch_dims: int = 
 def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (half and bfloat16 inputs are computed in float32)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+COSINE_LIMIT = 1.0 + 1e-3  # the largest |cell cosine| accepted (rounding of L2-normalised vectors)
+
+
+def check_cell_terms(cell_sim: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """DIML problems' cell similarities and marginals: finite, and cosines within [-1, 1] up to ``COSINE_LIMIT``
+    (two reductions, one host sync)."""
+    if not cell_sim.numel():
+        return
+    largest, total = torch.stack([cell_sim.abs().amax(), a.sum() + b.sum()]).tolist()
+    if not (math.isfinite(largest) and math.isfinite(total)):
+        raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
+    if largest > COSINE_LIMIT:
+        raise ValueError(f"cell cosine similarities reach {largest:.3g}, beyond [-1, 1]: embeddings passed with "
+                         "normalized=True must be L2-normalised along C; drop normalized=True")

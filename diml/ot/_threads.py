@@ -57,11 +57,16 @@ def block_threads(pairs: int, *tensors: torch.Tensor) -> int:
     """Threads for :func:`map_blocks` over ``pairs`` pairs of ``tensors``' problems: torch's intra-op threads if
     every tensor is on the CPU, nothing needs a gradient and each thread gets at least ``MIN_BLOCK_PAIRS`` pairs;
     else 1 (the blocks run in the caller, whose operators use the intra-op threads)."""
-    if in_worker() or any(t.device.type != "cpu" for t in tensors):
-        return 1
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if not _blocks_may_thread(tensors):
         return 1
     return max(1, min(torch.get_num_threads(), pairs // MIN_BLOCK_PAIRS))
+
+
+def _blocks_may_thread(tensors) -> bool:
+    """Outside a pool worker, every input a CPU tensor and none needing a gradient (the blocks run without
+    autograd)."""
+    return (not in_worker() and all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
 @contextlib.contextmanager
@@ -73,8 +78,7 @@ def caller_alone(*tensors):
     block thread by 3-5 ms, a tenth of a 112-batch solve.  Yields nothing; a no-op unless more than one intra-op
     thread is set and every tensor is on the CPU with no gradient needed (as :func:`block_threads`)."""
     threads = torch.get_num_threads()
-    if (threads <= 1 or in_worker() or any(not isinstance(t, torch.Tensor) or t.device.type != "cpu" for t in tensors)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+    if threads <= 1 or not _blocks_may_thread(tensors):
         yield
         return
     torch.set_num_threads(1)

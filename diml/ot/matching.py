@@ -29,7 +29,6 @@ iteration as well.  Half-precision inputs are computed in float32.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -209,13 +208,7 @@ def solve_pairs(cell_sim, a, b, ot: OTOptions) -> Matching:
     batch_shape = cell_sim.shape[:-2]
     r = cell_sim.shape[-1]
     flat = cell_sim.reshape(-1, r, r)
-    if flat.numel():  # two reductions, one host sync: NaN/inf anywhere, or cosines beyond [-1, 1]
-        largest, total = torch.stack([flat.abs().amax(), a.sum() + b.sum()]).tolist()
-        if not (math.isfinite(largest) and math.isfinite(total)):
-            raise ValueError("the local/global embeddings contain NaN or inf; check the model outputs")
-        if largest > 1.0 + 1e-3:
-            raise ValueError(f"cell cosine similarities reach {largest:.3g}, beyond [-1, 1]: embeddings passed with "
-                             "normalized=True must be L2-normalised along C; drop normalized=True")
+    _options.check_cell_terms(flat, a, b)
     eps = ot.eps
     res = solve(LogKernel(flat, 1.0 / eps, -1.0 / eps), a.reshape(-1, r), b.reshape(-1, r), ot,
                 direct=2.0 / eps <= 60.0)

@@ -212,7 +212,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
         try:
             return _run_trials(study, info, name=name, path=path, pointer=pointer, address=address, num_cpus=num_cpus)
         except (KeyboardInterrupt, SystemExit):  # a signal outside Tune's graceful stop: leave no run RUNNING
-            _end_unfinished_runs(uri, experiment_id, parent, 0)
+            _end_unfinished_runs(uri, experiment_id, parent, 0, only_running=True)
             tracking.end_run(uri, parent, "KILLED")
             raise
 
@@ -333,12 +333,14 @@ class _StopSignals:
             signal.signal(signal.SIGTERM, self._before_term)
 
 
-def _end_unfinished_runs(uri: str, experiment_id: str, parent: str, trial_count: int) -> int:
-    """After a Ctrl-C or a SIGTERM ended ``fit()``, mark every trial run that did not finish KILLED (a stopped driver leaves its
-    run RUNNING, or ends it FAILED when the signal killed its Train controller first) and return how many trials
-    did not finish, counting those that never started."""
+def _end_unfinished_runs(uri: str, experiment_id: str, parent: str, trial_count: int, *,
+                         only_running: bool = False) -> int:
+    """After a Ctrl-C or a SIGTERM ended ``fit()``, mark every trial run that did not finish KILLED (a stopped
+    driver leaves its run RUNNING, or ends it FAILED when the signal killed its Train controller first) and return
+    how many trials did not finish, counting those that never started.  ``only_running``: a stop outside ``fit()``,
+    where a FAILED run is a trial's own failure and keeps its status."""
     runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent}'")
-    unfinished = [r for r in runs if r.info.status != "FINISHED"]
+    unfinished = [r for r in runs if r.info.status not in (("FINISHED", "FAILED") if only_running else ("FINISHED",))]
     for run in unfinished:  # --resume sets them RUNNING again and finishes them
         tracking.end_run(uri, run.info.run_id, "KILLED")
     return len(unfinished) + max(0, trial_count - len(runs))

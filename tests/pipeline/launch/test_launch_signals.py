@@ -61,13 +61,23 @@ def test_a_sigterm_outside_fit_exits_143_with_the_finally_blocks_run():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_a_launch_stopped_before_or_after_fit_leaves_no_run_running(tmp_path, monkeypatch):
-    """A signal while Ray starts or results are collected (here: SystemExit from _run_trials, after one trial run
-    was opened): the launch run and the unfinished trial run end KILLED, and the exit goes on."""
+def _tiny_study(tmp_path):
+    """A real MLflow store (sqlite) and a tiny study tracked in it."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = {**TINY_SPEC, "launch": {**TINY_SPEC["launch"], "storage_path": str(tmp_path / "ray_results")},
             "tracking": {"uri": uri, "experiment": "stopped"}}
-    study = build_study(load_spec_file(write_spec(tmp_path, spec)), source="spec.yaml")
+    return uri, build_study(load_spec_file(write_spec(tmp_path, spec)), source="spec.yaml")
+
+
+def _run(study, uri, tmp_path, launch):
+    return tune_run.run_study(study, uri=uri, launch=launch, storage=str(tmp_path / "ray_results"), resume=False,
+                              address=None, num_cpus=None)
+
+
+def test_a_launch_stopped_before_or_after_fit_leaves_no_run_running(tmp_path, monkeypatch):
+    """A signal while Ray starts or results are collected (here: SystemExit from _run_trials, after one trial run
+    was opened): the launch run and the unfinished trial run end KILLED, and the exit goes on."""
+    uri, study = _tiny_study(tmp_path)
 
     def stopped_while_running(study, info, **kwargs):
         tracking.ensure_child_run(uri, info.experiment_id, info.parent_run_id, "trial_0000", "a", {"seed": 0}, {})
@@ -75,8 +85,25 @@ def test_a_launch_stopped_before_or_after_fit_leaves_no_run_running(tmp_path, mo
 
     monkeypatch.setattr(tune_run, "_run_trials", stopped_while_running)
     with pytest.raises(SystemExit):
-        tune_run.run_study(study, uri=uri, launch="stopped-1", storage=str(tmp_path / "ray_results"), resume=False,
-                           address=None, num_cpus=None)
+        _run(study, uri, tmp_path, "stopped-1")
     experiment = tracking.ensure_experiment(uri, "stopped")
     runs = tracking.find_runs(uri, experiment, "")
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"] and len(runs) == 2
+
+
+def test_a_stop_outside_fit_keeps_a_trials_own_failure(tmp_path, monkeypatch):
+    uri, study = _tiny_study(tmp_path)
+
+    def one_failed_then_stopped(study, info, **kwargs):
+        failed = tracking.ensure_child_run(uri, info.experiment_id, info.parent_run_id, "trial_0000", "a",
+                                           {"seed": 0}, {}).info.run_id
+        tracking.end_run(uri, failed, "FAILED")
+        tracking.ensure_child_run(uri, info.experiment_id, info.parent_run_id, "trial_0001", "b", {"seed": 1}, {})
+        raise SystemExit(143)
+
+    monkeypatch.setattr(tune_run, "_run_trials", one_failed_then_stopped)
+    with pytest.raises(SystemExit):
+        _run(study, uri, tmp_path, "stopped-2")
+    runs = tracking.find_runs(uri, tracking.ensure_experiment(uri, "stopped"), "")
+    by_name = {r.data.tags.get("mlflow.runName", r.info.run_name): r.info.status for r in runs}
+    assert sorted(by_name.values()) == ["FAILED", "KILLED", "KILLED"], by_name
