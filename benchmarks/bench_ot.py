@@ -329,12 +329,14 @@ def _scaling_cases(quick: bool, cases: str):
 
 @contextlib.contextmanager
 def _cpu_critical_path():
-    """Yields ``cpu()``: ``(busiest, even)``: CPU seconds of the calling thread plus those of the busiest block
-    thread of :func:`diml.ot._threads.map_blocks`, or plus the block threads' total over their number (the blocks
-    evenly shared, as on idle cores).  On a machine shared with other work the wall-time ratio of 1 and 2 threads
-    says how much CPU the scheduler granted; these say what the threads would do alone (up to cache and memory
-    contention; ``busiest`` also counts the blocks a thread took while the other was descheduled)."""
+    """Yields ``cpu()``: ``(busiest, even)``: CPU seconds of the caller outside the blocks of
+    :func:`diml.ot._threads.map_blocks` plus those of the busiest thread within them (the caller is one of the
+    block threads), or plus the block threads' total over their number (the blocks evenly shared, as on idle
+    cores).  On a machine shared with other work the wall-time ratio of 1 and 2 threads says how much CPU the
+    scheduler granted; these say what the threads would do alone (up to cache and memory contention; ``busiest``
+    also counts the blocks a thread took while the other was descheduled)."""
     per_thread, lock, original = {}, threading.Lock(), _threads.map_blocks
+    caller = threading.current_thread().name
 
     def timed_map(fn, blocks, n_threads):
         def timed(block):
@@ -344,16 +346,16 @@ def _cpu_critical_path():
                 name = threading.current_thread().name
                 per_thread[name] = per_thread.get(name, 0.0) + time.thread_time() - start
             return out
-        return original(timed if n_threads > 1 else fn, blocks, n_threads)
+        return original(timed, blocks, n_threads)
 
     main_start = time.thread_time()
     _threads.map_blocks = timed_map
     try:
-        yield lambda: (main_cpu + max(per_thread.values(), default=0.0),
-                       main_cpu + sum(per_thread.values()) / max(len(per_thread), 1))
+        yield lambda: (outside + max(per_thread.values(), default=0.0),
+                       outside + sum(per_thread.values()) / max(len(per_thread), 1))
     finally:
         _threads.map_blocks = original
-        main_cpu = time.thread_time() - main_start
+        outside = time.thread_time() - main_start - per_thread.get(caller, 0.0)
 
 
 _CONTROL = None

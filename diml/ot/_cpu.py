@@ -106,11 +106,12 @@ def scale(kernel, a, b, outputs, *, max_iter, tol, check_every, min_iters, switc
     return left, outputs.x[left], outputs.y[left], outputs.iterations[left]
 
 
-def applies_similarity(cell_sim: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, eps: float) -> bool:
-    """Whether :func:`similarities` serves these terms: numba present and enabled, CPU, float32 or float64, no
-    gradient needed, and a kernel ``exp((S - 1) / eps)`` that needs no stabilising shifts."""
-    needs_grad = torch.is_grad_enabled() and (cell_sim.requires_grad or a.requires_grad or b.requires_grad)
-    return (ENABLED and cell_sim.device.type == "cpu" and cell_sim.dtype in (torch.float32, torch.float64)
+def applies_similarity(*terms: torch.Tensor, eps: float) -> bool:
+    """Whether :func:`similarities` serves ``terms`` (cell similarities and marginals, or the unit inputs they are
+    computed from): numba present and enabled, all on the CPU in float32 or float64, no gradient needed, and a
+    kernel ``exp((S - 1) / eps)`` that needs no stabilising shifts."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in terms)
+    return (ENABLED and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in terms)
             and 2.0 / float(eps) <= 60.0 and not needs_grad)
 
 

@@ -4,11 +4,12 @@ Spreading only the compiled scaling phase over threads leaves the rest of a solv
 the kernel ``exp``, the checks, the Newton polish's set-up, the final reductions and the similarity) to torch's
 intra-op threads: dozens of small operations per chunk, each a fork/join of its own, several of them too small to
 be split at all.  Here the pairs are cut into blocks and every block runs the whole pipeline, products to
-similarity, in one thread of a persistent pool with one intra-op thread: torch's operators and the numba kernels
-release the GIL, so the blocks overlap from start to end with no serial phase but the split and the concatenation.
+similarity, in the caller or one thread of a persistent pool, each with one intra-op thread: torch's operators and
+the numba kernels release the GIL, so the blocks overlap from start to end with no serial phase but the split and
+the concatenation.
 
 ``torch.set_num_threads`` is per thread for OpenMP and MKL, but it also stores the count that threads started
-later inherit; :func:`map_blocks` sets 1 in its workers and restores the caller's count afterwards.  Call the
+later inherit; :func:`map_blocks` sets 1 in its threads and restores each one's count afterwards.  Call the
 public functions from one thread at a time per process if they should use this path (concurrent callers each
 restore their own count, which is the same unless they changed it in between).
 """
@@ -16,9 +17,10 @@ restore their own count, which is the same unless they changed it in between).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence, TypeVar
 
 import torch
@@ -89,36 +91,72 @@ def caller_alone(*tensors):
 
 
 def map_blocks(fn: Callable[[T], R], blocks: Sequence[T], threads: int) -> list[R]:
-    """``[fn(block) for block in blocks]``, over ``threads`` pool threads with one intra-op thread each when
-    ``threads > 1`` (blocks are taken in order as threads free up).  ``fn`` runs under the caller's inference mode
-    and without autograd (:func:`block_threads` returns 1 when a gradient is needed)."""
+    """``[fn(block) for block in blocks]``, over the caller and ``threads - 1`` pool threads, with one intra-op
+    thread each, when ``threads > 1``: every thread takes the next block as it frees up, so the caller works
+    instead of sleeping on one future per block (each wake-up of a third thread took a vCPU from a block thread on
+    this 2-core machine).  ``fn`` runs under the caller's inference mode and without autograd
+    (:func:`block_threads` returns 1 when a gradient is needed).  The first error stops the taking of blocks and
+    is raised once every thread has finished its current block."""
     if threads <= 1 or len(blocks) <= 1:
         return [fn(block) for block in blocks]
     inference = torch.is_inference_mode_enabled()
-    saved = torch.get_num_threads()
+    results: list = [None] * len(blocks)
+    taken, lock, failed = [0], threading.Lock(), threading.Event()
 
-    def run(block):
-        torch.set_num_threads(1)
-        _IN_WORKER.active = True
-        try:
-            with torch.inference_mode(inference), torch.no_grad():
-                return fn(block)
-        finally:
-            _IN_WORKER.active = False
+    def take() -> int:
+        with lock:
+            index = taken[0] if not failed.is_set() else len(blocks)
+            taken[0] = index + 1
+            return index
 
+    def drain() -> None:
+        with _one_intra_op_thread(), torch.inference_mode(inference), torch.no_grad():
+            try:
+                while (index := take()) < len(blocks):
+                    results[index] = fn(blocks[index])
+            except BaseException:
+                failed.set()
+                raise
+
+    _run_with_caller(drain, [drain] * (threads - 1))
+    return results
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread():
+    """One intra-op thread and the pool-worker mark for the calling thread (the caller's or a worker's), restored
+    afterwards."""
+    saved, was_worker = torch.get_num_threads(), in_worker()
+    torch.set_num_threads(1)
+    _IN_WORKER.active = True
     try:
-        return list(_pool(threads).map(run, blocks))
+        yield
     finally:
+        _IN_WORKER.active = was_worker
         torch.set_num_threads(saved)
 
 
+def _run_with_caller(mine: Callable[[], None], others: Sequence[Callable[[], None]]) -> None:
+    """``others`` in pool threads while the caller runs ``mine``; returns when all have ended, raising the
+    caller's error first, else the first worker's."""
+    futures = [_pool(len(others)).submit(task) for task in others]
+    try:
+        mine()
+    finally:
+        wait(futures)
+    for future in futures:
+        future.result()
+
+
 def over_ranges(run: Callable[[int, int], None], total: int, min_per_thread: int) -> None:
-    """``run(lo, hi)`` on contiguous slices of ``range(total)``, over torch's intra-op threads when each gets at
-    least ``min_per_thread`` items (for kernels that release the GIL and write disjoint slices), else in the
-    caller.  Blocks of :func:`map_blocks` run with one thread, so this splits only a solve outside them."""
+    """``run(lo, hi)`` on contiguous slices of ``range(total)``, over the caller and torch's other intra-op
+    threads when each gets at least ``min_per_thread`` items (for kernels that release the GIL and write disjoint
+    slices), else in the caller.  Blocks of :func:`map_blocks` run with one thread, so this splits only a solve
+    outside them."""
     threads = 1 if in_worker() else min(torch.get_num_threads(), total // max(min_per_thread, 1))
     if threads <= 1:
         run(0, total)
         return
     bounds = [total * t // threads for t in range(threads + 1)]
-    list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+    slices = [functools.partial(run, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    _run_with_caller(slices[0], slices[1:])

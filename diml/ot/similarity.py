@@ -14,6 +14,9 @@ On a CPU without autograd, with ``T = torch.get_num_threads() > 1`` and at least
 are cut into (a multiple of) ``T`` near-equal blocks of at most ``chunk_size / T`` pairs, and ``T`` threads solve
 one block each at a time, the whole pipeline per block (:mod:`diml.ot._threads`): the memory bound stays
 ``chunk_size`` pairs in flight, and the similarities are those of one thread (each problem is solved on its own).
+All pairs with the fused solve below take blocks of up to ``min(chunk_size, 4 chunk_size / T)`` pairs: they hold
+at most a quarter of the memory per pair (``FUSED_MEMORY_SHARE``), so the bound is the same, and on 2 threads
+the blocks are those of 1 thread (fewer, larger products: 2-4 % faster on a 112-batch).
 
 On a CPU without autograd a block's solve is :func:`diml.ot._cpu.similarities`: the compiled scaling phase fused
 with the kernel and the similarity, so no plan is ever stored (the same algorithm as :func:`diml.ot.match`, whose
@@ -30,6 +33,10 @@ from diml.options import OTOptions, as_options
 from diml.ot.matching import _prepare, pair_terms_all, pair_terms_candidates, solve_pairs
 
 DEFAULT_CHUNK_SIZE = 8192
+# All pairs, CPU, fused solve: a pair's terms (products, marginals) hold at most a quarter of the pipeline's
+# memory per pair.  Peak resident growth for 448 x 448 pairs, one thread: 36 MB fused vs 218 MB pipeline at
+# chunks of 8,192, 80 vs 333 MB at 32,768 (benchmarks/README.md).  Candidates hold about half (93 vs 171 MB).
+FUSED_MEMORY_SHARE = 4
 
 
 def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions = OTOptions(),
@@ -39,7 +46,8 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions
     Args:
         q_local: ``(Nq, C, R)``; q_global: ``(Nq, C)``; r_local: ``(Nr, C, R)``; r_global: ``(Nr, C)`` (unnormalised).
         ot: :class:`~diml.ot.OTOptions` (see :func:`diml.ot.match`).
-        chunk_size: maximal number of pairs solved at once (memory bound).
+        chunk_size: maximal number of pairs solved at once (memory bound; the fused CPU solve on ``T`` threads
+            holds up to ``min(chunk_size, 4 chunk_size / T)`` per thread, in a quarter of the memory per pair).
 
     Returns: ``(Nq, Nr)`` similarities in the working dtype (float32, or float64 for float64 inputs).
     """
@@ -51,7 +59,10 @@ def structural_similarity(q_local, q_global, r_local, r_global, *, ot: OTOptions
     if nq * nr == 0:
         return qn.new_zeros((nq, nr))
     threads = _threads.block_threads(nq * nr, qn, qg, rn, rg)
-    blocks = _all_pairs_blocks(nq, nr, chunk_size // threads or 1, threads)
+    limit = chunk_size // threads or 1
+    if threads > 1 and _cpu.applies_similarity(qn, qg, rn, rg, eps=ot.eps):
+        limit = min(chunk_size, FUSED_MEMORY_SHARE * chunk_size // threads)
+    blocks = _all_pairs_blocks(nq, nr, limit, threads)
 
     def solve_block(block):
         q, r = slice(*block[:2]), slice(*block[2:])

@@ -51,7 +51,9 @@ def compare(name, sim, a, b, ot):
         "newton_problems": int((got.problem_newton_steps > 0).sum()), "max_err": float(got.marginal_error.max()),
         "tol": ot.tol}
 
-for kind, n, cases in (("random", 5, ((1e-6, 30),)), ("near_duplicate", 5, ((1e-4, 30), (1e-4, 0)))):
+# tol 1e-5, not 1e-6: a float32 L1 marginal error of 16 cells has rounding noise near 1e-6, where two float32
+# implementations may disagree on the check at which a problem converges (both then meet the tolerance)
+for kind, n, cases in (("random", 5, ((1e-5, 30),)), ("near_duplicate", 5, ((1e-4, 30), (1e-4, 0)))):
     local, glob, _ = batch_case(kind)  # near-duplicates: images 0-3 are one class (17 of the 25 pairs)
     cell_sim, a, b = pair_terms_all(*_prepare(local[:n], glob[:n], local[:n], glob[:n], candidates=False),
                                     "cross_attention")

@@ -1,12 +1,13 @@
 """Per-thread blocks (diml.ot._threads): the whole solve of each block in a pool thread, same similarities."""
 
 import threading
+import time
 
 import pytest
 import torch
 from ot_testkit import near_duplicates, random_images
 
-from diml.ot import OTOptions, _threads, similarity, structural_similarity, structural_similarity_candidates
+from diml.ot import OTOptions, _cpu, _threads, similarity, structural_similarity, structural_similarity_candidates
 
 TOL4 = OTOptions(tol=1e-4)
 
@@ -37,6 +38,12 @@ def _images():
     return local, glob
 
 
+def _ran_in_caller_and_pool(calls):
+    """Every block on one intra-op thread, in the caller or a pool thread."""
+    pool = {t.name for t in threading.enumerate() if t.name.startswith("diml-ot")}
+    assert all(inner == 1 and name in pool | {threading.current_thread().name} for name, inner, _ in calls)
+
+
 def _at(threads, fn):
     torch.set_num_threads(threads)
     return fn()
@@ -49,12 +56,23 @@ def test_all_pairs_threaded_equal_one_thread(two_threads):
     assert all(name == threading.current_thread().name for name, _, _ in two_threads)  # one thread: in the caller
     two_threads.clear()
     two = _at(2, run)
-    # chunk_size 160 on 2 threads: blocks of at most 80 pairs = 4 queries x 20 references, 5 blocks rounded to 6
-    assert sorted(tuple(shape) for _, _, shape in two_threads) == [(3, 20)] * 4 + [(4, 20)] * 2
-    assert all(name.startswith("diml-ot") and inner == 1 for name, inner, _ in two_threads)
+    # chunk_size 160 on 2 threads, fused: blocks of at most min(160, 4 x 160 / 2) pairs = 8 queries x 20
+    # references, 3 blocks rounded to 4
+    assert sorted(tuple(shape) for _, _, shape in two_threads) == [(5, 20)] * 4
+    _ran_in_caller_and_pool(two_threads)
     assert torch.get_num_threads() == 2  # the caller's count is restored
     assert two.shape == (20, 20) and float((two - one).abs().max()) <= 1e-6
     assert float((two - two.T).abs().max()) <= 1e-4  # the transposed problem is the same problem
+
+
+def test_all_pairs_blocks_of_the_pipeline_keep_chunk_size_in_flight(two_threads, monkeypatch):
+    monkeypatch.setattr(_cpu, "ENABLED", False)  # the tensor pipeline: chunk_size / 2 pairs per thread
+    local, glob = _images()
+    two = _at(2, lambda: structural_similarity(local, glob, local, glob, ot=TOL4, chunk_size=160))
+    # blocks of at most 80 pairs = 4 queries x 20 references, 5 blocks rounded to 6
+    assert sorted(tuple(shape) for _, _, shape in two_threads) == [(3, 20)] * 4 + [(4, 20)] * 2
+    monkeypatch.setattr(_cpu, "ENABLED", True)
+    assert float((two - _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))).abs().max()) <= 1e-6
 
 
 def test_candidates_threaded_equal_one_thread(two_threads):
@@ -65,7 +83,8 @@ def test_candidates_threaded_equal_one_thread(two_threads):
     one = _at(1, run)
     two_threads.clear()
     two = _at(2, run)
-    assert len(two_threads) == 6 and all(name.startswith("diml-ot") for name, _, _ in two_threads)
+    assert len(two_threads) == 6
+    _ran_in_caller_and_pool(two_threads)
     assert float((two - one).abs().max()) <= 1e-6
     full = _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))
     assert float((two - full.gather(1, pick)).abs().max()) <= 1e-6
@@ -108,6 +127,39 @@ def test_the_set_up_runs_on_one_thread_when_blocks_take_the_threads(two_threads,
     torch.set_num_threads(1)
     with _threads.caller_alone(local):
         assert torch.get_num_threads() == 1
+
+
+def test_map_blocks_runs_the_caller_and_a_pool_thread_side_by_side():
+    torch.set_num_threads(3)
+    meet = threading.Barrier(2, timeout=30)  # neither block can end before the other has started
+
+    def block(i):
+        meet.wait()
+        return i, threading.current_thread().name, torch.get_num_threads(), _threads.in_worker()
+
+    out = _threads.map_blocks(block, [0, 1], 2)
+    assert [i for i, _, _, _ in out] == [0, 1] and all(inner == 1 and flagged for _, _, inner, flagged in out)
+    names = {name for _, name, _, _ in out}
+    assert len(names) == 2 and threading.current_thread().name in names
+    assert torch.get_num_threads() == 3 and not _threads.in_worker()  # the caller's state is restored
+
+
+def test_map_blocks_stops_taking_blocks_after_an_error():
+    torch.set_num_threads(2)
+    done = []
+
+    def block(i):
+        if i == 0:
+            raise ValueError("block 0 failed")
+        time.sleep(0.002)  # 200 blocks would take 0.4 s
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="block 0 failed"):
+        _threads.map_blocks(block, list(range(200)), 2)
+    assert len(done) < 199  # the other thread stopped early
+    assert torch.get_num_threads() == 2 and not _threads.in_worker()
+    assert _threads.map_blocks(lambda i: i * i, list(range(5)), 2) == [0, 1, 4, 9, 16]  # the pool still works
 
 
 def test_even_blocks():
