@@ -396,16 +396,17 @@ def _control_run(threads: int, iterations: int) -> float:
 
 def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, int] = (1, 2),
                    cases: str = "ab") -> list[dict]:
-    """Ours at 1 and 2 intra-op threads, interleaved run by run in one process (``repeats`` each), and POT
-    batched on 2 threads: per case (``cases``: "a", "b" or "ab") the medians, the spread of the per-run ratio, and
-    the machine load (1-minute average before and after).  ``control_ratio_2t_1t``: the same ratio for
+    """Ours at 1 and 2 intra-op threads, interleaved run by run in one process (``repeats`` each; by default 15,
+    45 for the short case (a), 5 with ``quick``), and POT batched on 2 threads: per case (``cases``: "a", "b" or
+    "ab") the medians, the spread of the per-run ratio, and the machine load (1-minute average before and after).  ``control_ratio_2t_1t``: the same ratio for
     :func:`_control_kernel` (pure vectorised arithmetic), timed right after each of ours' runs: the machine's own
     2-thread gain at that moment."""
     warnings.filterwarnings("ignore", module="ot")
-    repeats = repeats or (5 if quick else 15)
     saved, rows = torch.get_num_threads(), []
     try:
         for case, features, pairs, ours, pot_row in _scaling_cases(quick, cases):
+            # (a) takes 30-60 ms a run: 3x the runs spread its medians over seconds, not one burst of the host
+            case_repeats = repeats or (5 if quick else 15) * (3 if case.startswith("a") else 1)
             load = os.getloadavg()[0]
             sims = {}
             for t in threads:  # warm-up (and the similarities of each thread count)
@@ -413,7 +414,7 @@ def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, in
                 sims[t] = ours()
             seconds, critical = {t: [] for t in threads}, {t: [] for t in threads}
             control = {t: [] for t in threads}
-            for _ in range(repeats):
+            for _ in range(case_repeats):
                 for t in threads:
                     torch.set_num_threads(t)
                     with _cpu_critical_path() as cpu:
@@ -424,7 +425,7 @@ def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, in
             pot = statistics.median(pot_row()["seconds"] for _ in range(1 if quick else 3))
             ratios = sorted(a / b for a, b in zip(seconds[threads[0]], seconds[threads[1]]))
             one, two = (statistics.median(seconds[t]) for t in threads)
-            rows.append({"case": case, "features": features, "pairs": pairs, "repeats": repeats,
+            rows.append({"case": case, "features": features, "pairs": pairs, "repeats": case_repeats,
                          "pairs_per_s_1t": pairs / one, "pairs_per_s_2t": pairs / two,
                          "ratio_2t_1t": statistics.median(ratios),
                          "ratio_spread": f"{ratios[len(ratios) // 4]:.2f}-{ratios[(3 * len(ratios)) // 4]:.2f} "
@@ -475,7 +476,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--thread-scaling", action="store_true",
                         help="only ours at 1 and 2 threads, interleaved, and POT batched on 2 threads")
-    parser.add_argument("--repeats", type=int, default=0, help="runs per thread count with --thread-scaling")
+    parser.add_argument("--repeats", type=int, default=0, help="runs per thread count with --thread-scaling (default 15, 45 for case a)")
     parser.add_argument("--cases", default="ab", choices=("a", "b", "ab"), help="cases for --thread-scaling")
     args = parser.parse_args()
     start = time.perf_counter()
