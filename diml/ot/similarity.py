@@ -16,7 +16,7 @@ one block each at a time, the whole pipeline per block (:mod:`diml.ot._threads`)
 ``chunk_size`` pairs in flight, and the similarities are those of one thread (each problem is solved on its own).
 All pairs with the fused solve below take blocks of up to ``min(chunk_size, 4 chunk_size / T)`` pairs: they hold
 at most a quarter of the memory per pair (``FUSED_MEMORY_SHARE``), so the bound is the same, and on 2 threads
-the blocks are those of 1 thread (fewer, larger products: 2-4 % faster on a 112-batch).
+the blocks are those of 1 thread (fewer, larger products; 2-thread medians 1-5 % lower on a 112-batch).
 
 On a CPU without autograd a block's solve is :func:`diml.ot._cpu.similarities`: the compiled scaling phase fused
 with the kernel and the similarity, so no plan is ever stored (the same algorithm as :func:`diml.ot.match`, whose

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.specs.paths import deep_merge, get_path, set_path
+from pipeline.specs.paths import get_path, set_path
 from pipeline.specs.yaml_file import load_yaml_spec
 from pipeline.specs import CHECK_PATHS, GRID_KEYS, LAUNCH_KEYS, MOVED, GridSpec, LaunchSpec, RunSpec, checks
 

@@ -30,12 +30,3 @@ class Strict(BaseModel):
     """Base of every spec model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # spec names: MLflow experiments, Ray folders
-
-
-class Strict(BaseModel):
-    """Base of every spec model: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
