@@ -121,41 +121,50 @@ def test_repair_without_a_snapshot_names_the_damaged_file_and_changes_nothing(tm
 def test_a_kill_at_any_moment_of_tunes_writes_leaves_a_complete_consistent_state(tmp_path):
     """Tune's sync, emulated: each write copies the experiment state, then the search state, in place and in
     chunks, both tagged with the write's number. The guard runs alongside; the writer stops dead at a random
-    point (the kill). After repair, both files are complete and from the same write."""
+    chunk (the kill). After repair, both files are complete and from the same write.  The first two writes wait
+    until the guard has a copy of each (so there is a write >= 1 to restore however slow the machine is); the
+    writes after them race the guard freely until the kill."""
     import random
     import threading
 
     rng = random.Random(0)
+    paced = 2
     for trial in range(6):
         folder = tmp_path / f"exp{trial}"
         folder.mkdir()
-        stop_at = rng.uniform(0.3, 0.8)
+        kill_after = rng.randrange(10, 150)  # chunks written after the paced writes (10 chunks a write)
         files = {STATE: lambda n: json.dumps({"write": n, "pad": "x" * 20000}).encode(),
                  VARIANT: lambda n: pickle.dumps({"write": n, "pad": b"y" * 20000})}
 
-        def tune_writes(folder, files, stop_at):
-            start, n = time.time(), 0
+        def tune_writes(folder, files, kill_after):
+            n, chunks = 0, 0
             while True:
                 for name, make in files.items():
                     data = make(n)
                     with open(folder / name, "wb") as f:
                         for i in range(0, len(data), 4096):
-                            if time.time() - start > stop_at:
-                                return  # killed: this file stays cut off, the other one may be a write older
+                            if n >= paced:
+                                if chunks >= kill_after:
+                                    return  # killed: this file stays cut off, the other one may be a write older
+                                chunks += 1
                             f.write(data[i:i + 4096])
                             f.flush()
                             time.sleep(0.0005)
                     time.sleep(0.003)  # between two files of one write: the set on disk is mixed but complete
+                if n < paced:
+                    deadline = time.time() + 60
+                    while len(tune_state._generations(folder)) <= n and time.time() < deadline:
+                        time.sleep(0.005)
                 time.sleep(rng.uniform(0.0, 0.06))
                 n += 1
 
-        writer = threading.Thread(target=tune_writes, args=(folder, files, stop_at))
+        writer = threading.Thread(target=tune_writes, args=(folder, files, kill_after))
         with tune_state.StateGuard(str(folder), period=0.01, quiet=0.02, keep=10**6) as guard:
             writer.start()
             writer.join()
             guard._stop.set()  # the launcher dies with the writer: no final pass
         snapshots = tune_state._generations(folder)
-        assert len(snapshots) >= 2
+        assert len(snapshots) >= paced
         for taken in snapshots:  # every snapshot is one write's set, whichever would be the newest at a kill
             assert json.loads((taken / STATE).read_bytes())["write"] == \
                 pickle.loads((taken / VARIANT).read_bytes())["write"], (trial, taken.name)
