@@ -362,7 +362,7 @@ _CONTROL = None
 
 
 def _control_kernel():
-    """A compiled kernel of independent vectorised multiply-adds on 1 KB of registers and L1 (no memory traffic,
+    """A compiled kernel of independent vectorised multiply-adds on 512 bytes of registers and L1 (no memory traffic,
     no synchronisation): ``control(iterations)``.  Two threads running it can be at most 2x one thread; what this
     machine's two vCPUs give, measured interleaved with the solver's runs, is the ceiling the solver can reach."""
     global _CONTROL
@@ -384,7 +384,8 @@ def _control_kernel():
 
 
 def _control_run(threads: int, iterations: int) -> float:
-    """Seconds for ``iterations`` of the control kernel on ``threads`` threads (halves in the block pool)."""
+    """Seconds for ``iterations`` of the control kernel on ``threads`` threads (equal shares through
+    :func:`diml.ot._threads.map_blocks`, as the solver's blocks)."""
     control = _control_kernel()
     start = time.perf_counter()
     if threads == 1:
@@ -398,9 +399,9 @@ def thread_scaling(quick: bool = False, repeats: int = 0, threads: tuple[int, in
                    cases: str = "ab") -> list[dict]:
     """Ours at 1 and 2 intra-op threads, interleaved run by run in one process (``repeats`` each; by default 15,
     45 for the short case (a), 5 with ``quick``), and POT batched on 2 threads: per case (``cases``: "a", "b" or
-    "ab") the medians, the spread of the per-run ratio, and the machine load (1-minute average before and after).  ``control_ratio_2t_1t``: the same ratio for
-    :func:`_control_kernel` (pure vectorised arithmetic), timed right after each of ours' runs: the machine's own
-    2-thread gain at that moment."""
+    "ab") the medians, the spread of the per-run ratio, and the machine load (1-minute average before and after).
+    ``control_ratio_2t_1t``: the same ratio for :func:`_control_kernel` (pure vectorised arithmetic), timed right
+    after each of ours' runs: the machine's own 2-thread gain at that moment."""
     warnings.filterwarnings("ignore", module="ot")
     saved, rows = torch.get_num_threads(), []
     try:
@@ -476,7 +477,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--thread-scaling", action="store_true",
                         help="only ours at 1 and 2 threads, interleaved, and POT batched on 2 threads")
-    parser.add_argument("--repeats", type=int, default=0, help="runs per thread count with --thread-scaling (default 15, 45 for case a)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="runs per thread count with --thread-scaling (default 15, 45 for case a)")
     parser.add_argument("--cases", default="ab", choices=("a", "b", "ab"), help="cases for --thread-scaling")
     args = parser.parse_args()
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Per-thread blocks (diml.ot._threads): the whole solve of each block in a pool thread, same similarities."""
+"""Per-thread blocks (diml.ot._threads): the whole solve of each block in the caller or a pool thread, same
+similarities."""
 
 import threading
 import time
@@ -38,7 +39,7 @@ def _images():
     return local, glob
 
 
-def _ran_in_caller_and_pool(calls):
+def _each_block_on_one_thread(calls):
     """Every block on one intra-op thread, in the caller or a pool thread."""
     pool = {t.name for t in threading.enumerate() if t.name.startswith("diml-ot")}
     assert all(inner == 1 and name in pool | {threading.current_thread().name} for name, inner, _ in calls)
@@ -59,7 +60,7 @@ def test_all_pairs_threaded_equal_one_thread(two_threads):
     # chunk_size 160 on 2 threads, fused: blocks of at most min(160, 4 x 160 / 2) pairs = 8 queries x 20
     # references, 3 blocks rounded to 4
     assert sorted(tuple(shape) for _, _, shape in two_threads) == [(5, 20)] * 4
-    _ran_in_caller_and_pool(two_threads)
+    _each_block_on_one_thread(two_threads)
     assert torch.get_num_threads() == 2  # the caller's count is restored
     assert two.shape == (20, 20) and float((two - one).abs().max()) <= 1e-6
     assert float((two - two.T).abs().max()) <= 1e-4  # the transposed problem is the same problem
@@ -84,7 +85,7 @@ def test_candidates_threaded_equal_one_thread(two_threads):
     two_threads.clear()
     two = _at(2, run)
     assert len(two_threads) == 6
-    _ran_in_caller_and_pool(two_threads)
+    _each_block_on_one_thread(two_threads)
     assert float((two - one).abs().max()) <= 1e-6
     full = _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))
     assert float((two - full.gather(1, pick)).abs().max()) <= 1e-6
