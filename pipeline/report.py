@@ -13,7 +13,7 @@ import math
 import os
 import pathlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,9 +31,10 @@ class Report:
     frame: "object"  # pandas.DataFrame, one row per group, numeric columns
     rankings: list[str]
     caption: str
+    hardware: dict[str, str] = field(default_factory=dict)  # label (A, B, ...) -> the env.hardware it stands for
 
     def markdown(self) -> str:
-        header = ["dataset", "loss", "backbone", "training", "seeds"]
+        header = ["dataset", "loss", "backbone", "training", "seeds"] + (["hardware"] if len(self.hardware) > 1 else [])
         for ranking in self.rankings:
             label = _label(ranking)
             header += [f"{label} {m}" for m, _ in METRICS]
@@ -42,6 +43,8 @@ class Report:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in self.frame.iterrows():
             cells = [row["dataset"], row["loss_variant"], row["backbone"], row["similarity"], str(row["seeds"])]
+            if len(self.hardware) > 1:
+                cells.append(row["hardware"])
             for ranking in self.rankings:
                 cells += [_pm(row, f"{ranking}/{m}") for m, _ in METRICS]
                 if ranking != names.GLOBAL:
@@ -70,13 +73,30 @@ def _trial_records(runs) -> list[dict]:
             continue
         record = {key: tags.get(key, tags.get("loss", "?") if key == "loss_variant" else "?") for key in GROUP_TAGS}
         record.update(seed=tags.get("seed", "0"), selection=tags.get("selection_split", "?"),
-                      convention=tags.get("r_convention", "?"), run_id=run.info.run_id)
+                      convention=tags.get("r_convention", "?"), run_id=run.info.run_id,
+                      hardware=_hardware_line(tags))
         for key, value in metrics.items():
             if key.startswith("best/test/") and key.count("/") == 3:
                 _, _, ranking, metric = key.split("/")
                 record[f"{ranking}/{metric}"] = value
         records.append(record)
     return records
+
+
+def _hardware_line(tags: dict[str, str]) -> str:
+    """What a trial's numbers depend on besides the spec: its ``env.hardware`` and library versions (runs logged
+    before these tags existed: ``not recorded``)."""
+    if "env.hardware" not in tags:
+        return "not recorded"
+    versions = ", ".join(f"{name} {tags[f'env.{name}']}" for name in ("torch", "cuda")
+                         if tags.get(f"env.{name}", "none") != "none")
+    return f"{tags['env.hardware']}; {versions}" + ("; deterministic" if tags.get("env.deterministic") == "true" else "")
+
+
+def _hardware_labels(frame) -> dict[str, str]:
+    """``{label: hardware line}``: A, B, ... in order of first appearance."""
+    lines = list(dict.fromkeys(frame["hardware"]))
+    return {chr(ord("A") + i) if i < 26 else f"H{i}": line for i, line in enumerate(lines)}
 
 
 def build_report(runs) -> Report:
@@ -92,9 +112,12 @@ def build_report(runs) -> Report:
     r1 = names.tracked_name(R1)
     for ranking in rankings[1:]:
         frame[f"{ranking}/{GAIN[1]}"] = frame[f"{ranking}/{r1}"] - frame[f"{names.GLOBAL}/{r1}"]
+    hardware = _hardware_labels(frame)
+    label_of = {line: label for label, line in hardware.items()}
     rows = []
     for key, group in frame.groupby(list(GROUP_TAGS), sort=True):
-        row = dict(zip(GROUP_TAGS, key), seeds=int(group["seed"].nunique()))
+        row = dict(zip(GROUP_TAGS, key), seeds=int(group["seed"].nunique()),
+                   hardware="+".join(label_of[line] for line in dict.fromkeys(group["hardware"])))
         for ranking in rankings:
             shown_names = list(METRICS) + ([GAIN] if ranking != names.GLOBAL else [])
             for shown, stored in shown_names:
@@ -108,7 +131,21 @@ def build_report(runs) -> Report:
     caption = (f"Test-set retrieval in percent, mean ± std over seeds. R convention: {conventions}. Best epoch "
                f"selected on: {selections} split. DIML@K: the global top-K re-ranked by structural + global "
                "similarity; gain: DIML@K R@1 minus global R@1. training: diml = trained with the structural loss.")
-    return Report(frame=table, rankings=rankings, caption=caption)
+    caption += "\n\n" + _hardware_caption(hardware, table)
+    return Report(frame=table, rankings=rankings, caption=caption, hardware=hardware)
+
+
+def _hardware_caption(hardware: dict[str, str], table) -> str:
+    """Where the numbers were computed; a warning where one row averages runs from different hardware or versions
+    (float results differ between CPUs and GPUs, and training amplifies the difference: docs/REPRODUCIBILITY.md)."""
+    if len(hardware) == 1:
+        return f"All trials ran on: {next(iter(hardware.values()))}."
+    text = "Hardware: " + "; ".join(f"**{label}** = {line}" for label, line in hardware.items()) + "."
+    mixed = int(table["hardware"].str.contains("+", regex=False).sum())
+    if mixed:
+        text += (f" Warning: {mixed} row(s) average trials run on different hardware or library versions (marked "
+                 "A+B): their spread includes the machines' float differences, not only the seeds'.")
+    return text
 
 
 def gains_chart(report: Report, path: pathlib.Path) -> None:

@@ -311,6 +311,10 @@ class RunSpec(Strict):
     description: str = ""
     seed: int = Field(0, ge=0)
     epochs: int = Field(1, ge=1, le=10000)
+    deterministic: bool = Field(
+        False, description="deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN deterministic, no "
+        "autotuning, fixed cuBLAS workspace): the same GPU, versions and seed give the same numbers, at the cost in "
+        "docs/REPRODUCIBILITY.md; a CPU trial is deterministic either way")
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     loss: LossSpec = Field(default_factory=LossSpec)

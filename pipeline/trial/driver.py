@@ -11,7 +11,7 @@ import copy
 import time
 from typing import Any
 
-from pipeline import tracking
+from pipeline import provenance, tracking
 from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.specs.paths import set_path
 from pipeline.trial.train_state import recover_train_run
@@ -66,7 +66,8 @@ def build_trainer(spec: RunSpec, spec_json: dict[str, Any], trial_id: str, run_i
                                                          checkpoint_score_attribute=SELECTION_SCORE,
                                                          checkpoint_score_order="max"),
             callbacks=[TuneReportCallback()],
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}},
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                             **(provenance.CUBLAS_WORKSPACE if spec.deterministic else {})}},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )

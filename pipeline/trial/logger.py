@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from diml.distributed import unwrap_model
-from pipeline import logged_model, tracking
+from pipeline import logged_model, provenance, tracking
 from pipeline.trial import build
 
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}  # mlflow.data.context values
@@ -36,7 +36,7 @@ class TrialLogger:
             import ray
 
             self.tags({"ray_node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-                       "workers": str(ctx.world_size)})
+                       "workers": str(ctx.world_size), **provenance.environment(ctx.device)})
             with self._timed():
                 uri, run_id = ctx.tracking_uri, ctx.run_id
                 experiment_id = tracking.client(uri).get_run(run_id).info.experiment_id

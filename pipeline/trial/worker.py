@@ -24,7 +24,7 @@ import torch
 
 from diml import names
 from diml.distributed import unwrap_model
-from pipeline import tracking
+from pipeline import provenance, tracking
 from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.trial import build
 from pipeline.trial.logger import TrialLogger
@@ -181,6 +181,7 @@ def _setup(config: dict[str, Any]):
                   device=ray.train.torch.get_device(), run_id=config.get("run_id"),
                   tracking_uri=launch.tracking_uri, log_checkpoint=launch.log_checkpoint)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    provenance.apply_determinism(spec.deterministic)
     seed_everything(spec.seed)
     from diml.engine import TrainModule
 
