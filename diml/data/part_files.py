@@ -43,7 +43,7 @@ class _Rows:
     def __init__(self, path: Path, columns: int, *, header: list[str] | None = None, last_keeps_spaces=False,
                  numeric=False):
         self.path, self.columns = path, columns
-        self.text = path.read_text()
+        self.text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the header
         raw = self.text.split("\n")
         self.values = None
         if numeric:
