@@ -6,11 +6,11 @@ Sources: the 20 real photographs bundled in scikit-image's wheel (``skimage.data
 and scikit-learn's (``load_sample_images``: china, flower); no download. Each photograph is a class. It is first
 resized (Lanczos) so that its short side is ``size``; ``parts`` keypoints are chosen on it automatically (the
 strongest Shi-Tomasi corners, at least ``size / 10`` apart (closer where a photograph has too few), away from the
-border). Each instance of the class is a
-random view of the photograph: a crop of 70-95 % of it (along the tighter side), rotated by up to 12 degrees, with
-a perspective distortion (each corner moved by up to 6 % of the crop), written at a random aspect ratio (short side
-``size``, long side ``size`` to ``4/3 size``, oriented as the photograph, either way for a square one), then a colour change (brightness, contrast, saturation, channel
-gains) and a little noise, saved as JPEG (quality 92). The view is one homography ``H`` (source pixels to instance
+border). Each instance of the class is a random view of the photograph: a crop of 70-95 % of it (along the tighter
+side), rotated by up to 12 degrees, with a perspective distortion (each corner moved by up to 6 % of the crop),
+written at a random aspect ratio (short side ``size``, long side ``size`` to ``4/3 size``, oriented as the
+photograph, either way for a square one), then a colour change (brightness, contrast, saturation, channel gains)
+and a little noise, saved as JPEG (quality 92). The view is one homography ``H`` (source pixels to instance
 pixels); each keypoint is carried through it exactly, and one that leaves the instance is written invisible. Pixels
 are sampled at their centres (pixel ``k`` spans ``[k, k + 1)``), bilinearly.
 

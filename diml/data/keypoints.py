@@ -104,9 +104,10 @@ class PartSource:
 class PartTable:
     """Parsed annotation files (see :mod:`diml.data.part_files`): one row per listed image.
 
-    ``keys``: the ``M`` image paths (relative to the dataset root) the loader lists; ``points (M, P, 2)`` float64 continuous original pixels,
-    ``visible (M, P)`` bool, ``lines (M, P)`` int (line of the row in ``points_file``, 0 = no row);
-    ``boxes (M, 4)`` float64 or ``None``. An image without annotation rows has every part invisible.
+    ``keys``: the ``M`` image paths (relative to the dataset root) the loader lists; ``points (M, P, 2)`` float64
+    continuous original pixels, ``visible (M, P)`` bool, ``lines (M, P)`` int (line of the row in
+    ``points_file``, 0 = no row); ``boxes (M, 4)`` float64 or ``None``. An image without annotation rows has
+    every part invisible.
     """
 
     part_names: list[str] | None
@@ -131,8 +132,9 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 class FilePartSource(PartSource):
     """Annotations of image files: ``table`` keyed by paths relative to ``root``; a split whose items are relative
-    to ``root / prefix`` (e.g. ``prefix="train/"``) looks up ``prefix + item``. Image sizes are read (headers only, threads) the first time an
-    image is asked for, and its visible points are checked against its size then."""
+    to ``root / prefix`` (e.g. ``prefix="train/"``) looks up ``prefix + item``. Image sizes are read (headers
+    only, threads) the first time an image is asked for, and its visible points are checked against its size
+    then."""
 
     def __init__(self, table: PartTable, root: Path, prefix: str = "") -> None:
         self.table = table
