@@ -11,7 +11,8 @@ archive, in its layout::
     OUT_DIR/CUB_200_2011/images.txt               <image id> <relative path>
                          image_class_labels.txt   <image id> <class id>
                          train_test_split.txt     <image id> <1: training image of the classification split>
-                         bounding_boxes.txt       <image id> 0 0 <size> <size> (the whole image)
+                         bounding_boxes.txt       <image id> 1 1 <size> <size> (the whole image: CUB's x, y are
+                                                  the 1-based top-left pixel)
                          classes.txt              <class id> <NNN.name>
                          images/NNN.name/*.jpg
 
@@ -74,7 +75,7 @@ def write_cub(out_dir, size: int = 64, resample: str = "bicubic", per_class: int
         rows["images"].append(f"{image_id} {rel}")
         rows["image_class_labels"].append(f"{image_id} {cid}")
         rows["train_test_split"].append(f"{image_id} {counts[cid] % 2}")
-        rows["bounding_boxes"].append(f"{image_id} 0.0 0.0 {size}.0 {size}.0")
+        rows["bounding_boxes"].append(f"{image_id} 1.0 1.0 {size}.0 {size}.0")
     for name, lines in rows.items():
         (base / f"{name}.txt").write_text("\n".join(lines) + "\n")
     (base / "classes.txt").write_text("".join(f"{class_id(d)} {class_id(d):03d}.digit_{d}\n" for d in range(10)))

@@ -2,12 +2,15 @@
 
 ``build_splits(dataset, ...) -> Splits(train, val, test)``; each split yields ``(image (3, S, S) float, label int)``
 and has ``labels`` (np.int64, contiguous within the split), ``num_classes``, ``class_names``, ``load_image(i)`` and
-``image_id(i)``. ``ClassBalancedBatchSampler`` draws P classes x M images per batch, disjoint across DDP ranks.
+``image_id(i)``; with part annotations, ``part_names``, ``keypoints()`` ``(N, P, 3)`` and ``part_boxes()``
+``(N, 4)`` in the evaluation crop (:mod:`diml.data.keypoints`). ``ClassBalancedBatchSampler`` draws P classes x M
+images per batch, disjoint across DDP ranks.
 """
 
 from diml.data import formats as _formats  # noqa: F401  (registers cub200, cars196, sop, folder)
 from diml.data.base import SplitDataset, Splits
 from diml.data.files import BadImageError, ImageFileDataset
+from diml.data.keypoints import EvalGeometry
 from diml.data.sampler import ClassBalancedBatchSampler
 from diml.data.splits import build_splits, list_datasets, register_dataset
 from diml.data.synthetic import SyntheticDataset, SyntheticParts
@@ -19,6 +22,7 @@ __all__ = [
     "Augmentation",
     "BadImageError",
     "ClassBalancedBatchSampler",
+    "EvalGeometry",
     "ImageFileDataset",
     "SplitDataset",
     "Splits",

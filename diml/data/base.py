@@ -3,6 +3,7 @@
 A split is a ``torch.utils.data.Dataset`` yielding ``(image (3, S, S) float, label int)`` with ``labels`` (``(N,)``
 np.int64, contiguous ``0..C-1`` within the split), ``num_classes``, ``class_names``, ``load_image(i) -> PIL.Image``
 (untransformed, for figures) and ``image_id(i) -> str`` (a stable name: a relative path, or ``synthetic/...``).
+Splits with part annotations also give ``keypoints()`` and ``part_boxes()`` (:mod:`diml.data.keypoints`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from diml.data.keypoints import EvalGeometry, PartSource
+
 
 class SplitDataset(Dataset):
     """Base class: ``items[i]`` describes image ``i`` (a path, a synthetic key...); subclasses implement
     :meth:`load_image` and :meth:`image_id` from it.
 
     ``labels``: ``(N,)`` int64 in ``0..C-1`` with every class present; ``class_names``: ``C`` strings.
+    ``part_source``: the split's part annotations (shared by its views; ``None``: none), ``keypoint_geometry``: the
+    eval transform's geometry (set by :func:`~diml.data.build_splits`); see :meth:`keypoints`.
     """
+
+    part_source: PartSource | None = None
+    keypoint_geometry: EvalGeometry | None = None
 
     def __init__(self, items: Sequence, labels, class_names: Sequence[str], transform: Callable | None,
                  eval_transform: Callable | None = None) -> None:
@@ -59,6 +67,48 @@ class SplitDataset(Dataset):
     def image_id(self, index: int) -> str:
         """A stable identifier of image ``index`` (e.g. its path relative to the dataset root)."""
         raise NotImplementedError
+
+    @property
+    def part_names(self) -> list[str] | None:
+        """The ``P`` part names of :meth:`keypoints`' columns, or ``None`` when the split has no part annotations."""
+        names = None if self.part_source is None else self.part_source.part_names
+        return None if names is None else list(names)
+
+    @property
+    def keypoint_image_size(self) -> int | None:
+        """``S``, the side of the evaluation crop that :meth:`keypoints` refers to (``data.image_size``)."""
+        return None if self.keypoint_geometry is None else self.keypoint_geometry.image_size
+
+    def set_eval_geometry(self, image_size: int, eval_resize_ratio: float) -> None:
+        """Record the eval transform's geometry (``Resize(round(S * ratio))``, ``CenterCrop(S)``) for keypoints."""
+        self.keypoint_geometry = EvalGeometry.from_ratio(image_size, eval_resize_ratio)
+
+    def _geometry(self) -> EvalGeometry:
+        if self.keypoint_geometry is None:
+            raise ValueError("this split does not know its eval geometry: build it with diml.data.build_splits, "
+                             "or call set_eval_geometry(image_size, eval_resize_ratio) first")
+        return self.keypoint_geometry
+
+    def keypoints(self) -> np.ndarray:
+        """``(N, P, 3)`` float32 ``x, y, visible`` of every image's parts in its ``S x S`` evaluation crop
+        (continuous pixels, origin at the crop's top-left corner, pixel ``k`` spans ``[k, k + 1)``); a part that is
+        invisible or outside the crop is ``0, 0, 0``. Per image, whatever this split's transform (a view's rows
+        follow its ``items``); annotations are read once per image and cached in the shared part source."""
+        if self.part_names is None:
+            raise ValueError("this split has no part annotations (part_names is None): use a dataset with parts "
+                             "(cub200 with parts/, a folder with parts.csv, synthetic); see docs/DATASETS.md")
+        geometry = self._geometry()
+        parts = self.part_source.original(self.items)
+        return geometry.points_to_crop(parts.points, parts.visible, parts.sizes)
+
+    def part_boxes(self) -> np.ndarray | None:
+        """``(N, 4)`` float32 ``x0, y0, x1, y1`` of each image's object box in its evaluation crop (clipped to
+        ``[0, S]``), or ``None`` when the dataset has no boxes."""
+        if self.part_source is None or not self.part_source.has_boxes:
+            return None
+        geometry = self._geometry()
+        parts = self.part_source.original(self.items)
+        return geometry.boxes_to_crop(parts.boxes, parts.sizes)
 
     def with_transform(self, transform: Callable | None) -> "SplitDataset":
         """A shallow copy that applies ``transform`` (the images and labels are shared)."""

@@ -36,7 +36,7 @@ def validation_class_count(train_classes: int, val_fraction: float) -> int:
 def _cub200(root: Path, _test_fraction: float) -> int | None:
     from diml.data.formats import _cub_records
 
-    _, records, _ = _cub_records(root)
+    _, records, _, _ = _cub_records(root, parts=False)
     return len({label for _, label in records if label <= 100})
 
 

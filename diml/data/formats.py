@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from diml.data.files import layout_error, list_class_folders, make_file_split, require_root
+from diml.data.keypoints import FilePartSource
+from diml.data.part_files import read_cub_parts, read_folder_parts
 from diml.data.splits import register_dataset
 
 _CUB_FOLDER = re.compile(r"^(\d+)\.(.+)$")
@@ -59,7 +61,9 @@ CUB_LAYOUTS = ("CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt, i
                "images/NNN.Name/*.jpg (bare folders)", "NNN.Name/*.jpg")
 
 
-def _cub_records(root: Path):
+def _cub_records(root: Path, *, parts: bool = True):
+    """``(images folder, records, class names, part table or None)``; with ``parts``, the part files (official
+    layout only) are read and checked here, before any image file is touched."""
     for base in (root, root / "CUB_200_2011"):
         files = [base / n for n in ("images.txt", "image_class_labels.txt", "classes.txt")]
         if all(f.is_file() for f in files) and (base / "images").is_dir():
@@ -69,21 +73,31 @@ def _cub_records(root: Path):
             missing = sorted(set(paths) - set(labels))
             if missing:
                 raise ValueError(f"{str(files[1])!r} has no class for image id(s) {missing[:5]}; is it complete?")
-            return base / "images", [(paths[i], labels[i]) for i in paths], names
+            table = read_cub_parts(base, paths) if parts else None
+            return base / "images", [(paths[i], labels[i]) for i in paths], names, table
     for folder in (root / "images", root / "CUB_200_2011" / "images", root):
         classes = list_class_folders(folder, name_filter=_CUB_FOLDER.match)
         if classes:
             names = {int(_CUB_FOLDER.match(n).group(1)): n for n in classes}
             records = [(p, int(_CUB_FOLDER.match(n).group(1))) for n, imgs in classes.items() for p in imgs]
-            return folder, records, names
+            return folder, records, names, None
     raise layout_error("cub200", root, CUB_LAYOUTS)
 
 
+def _with_parts(splits, table, root: Path, prefixes=("", "")):
+    """Give each split the part source of ``table`` (its items relative to ``root / prefix``); ``None``: none."""
+    if table is not None:
+        for split, prefix in zip(splits, prefixes):
+            split.part_source = FilePartSource(table, root, prefix)
+    return splits
+
+
 def load_cub200(root, **kw):
-    """CUB200-2011: classes 1-100 train, 101-200 test (class ids from ``classes.txt`` or the ``NNN.`` prefix)."""
+    """CUB200-2011: classes 1-100 train, 101-200 test (class ids from ``classes.txt`` or the ``NNN.`` prefix);
+    with the official layout, ``parts/`` and ``bounding_boxes.txt`` give the splits' keypoints and boxes."""
     opts = _options(kw, "cub200")
-    base, records, names = _cub_records(require_root("cub200", root))
-    return _two_splits(base, records, names, lambda c: c <= 100, opts, "cub200")
+    base, records, names, parts = _cub_records(require_root("cub200", root))
+    return _with_parts(_two_splits(base, records, names, lambda c: c <= 100, opts, "cub200"), parts, base)
 
 
 # --- Cars196 ---------------------------------------------------------------------------------------------------
@@ -159,11 +173,14 @@ FOLDER_LAYOUTS = ("train/<class>/* + test/<class>/* (given split)",
 
 def load_folder(root, *, test_fraction: float = 0.5, **kw):
     """One sub-folder per class: ``train/`` and ``test/`` sub-trees as given, or else a class-disjoint split where
-    a seeded ``test_fraction`` of the classes (at least one, at most all but one) is held out for testing."""
+    a seeded ``test_fraction`` of the classes (at least one, at most all but one) is held out for testing.
+    ``parts.csv`` / ``boxes.csv`` at the root give keypoints and boxes (docs/DATASETS.md)."""
     opts = _options(kw, "folder")
     root = require_root("folder", root)
     train_classes, test_classes = list_class_folders(root / "train"), list_class_folders(root / "test")
     if train_classes and test_classes:
+        parts = read_folder_parts(root, [f"{sub}/{p}" for sub, classes in (("train", train_classes),
+                                         ("test", test_classes)) for imgs in classes.values() for p in imgs])
         splits = []
         for sub, classes, transform in (("train", train_classes, opts["train_transform"]),
                                         ("test", test_classes, opts["eval_transform"])):
@@ -171,7 +188,7 @@ def load_folder(root, *, test_fraction: float = 0.5, **kw):
             splits.append(make_file_split(root / sub, [p for p, _ in records], [n for _, n in records],
                                           {n: n for n in classes}, transform, opts["eval_transform"],
                                           skip_bad_images=opts["skip_bad_images"], split_name=f"folder {sub}"))
-        return tuple(splits)
+        return _with_parts(tuple(splits), parts, root, ("train/", "test/"))
     classes = list_class_folders(root)
     if len(classes) < 2:
         raise layout_error("folder", root, FOLDER_LAYOUTS)
@@ -182,7 +199,9 @@ def load_folder(root, *, test_fraction: float = 0.5, **kw):
     held_out = set(np.random.default_rng([opts["seed"], 4242]).permutation(len(order))[:n_test].tolist())
     test_names = {order[i] for i in held_out}
     records = [(p, n) for n in order for p in classes[n]]
-    return _two_splits(root, records, {n: n for n in order}, lambda n: n not in test_names, opts, "folder")
+    parts = read_folder_parts(root, [p for p, _ in records])
+    return _with_parts(_two_splits(root, records, {n: n for n in order}, lambda n: n not in test_names, opts,
+                                   "folder"), parts, root)
 
 
 register_dataset("cub200", load_cub200)

@@ -54,6 +54,8 @@ def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 
     eval_tf = eval_transform(image_size, augmentation=augmentation)
     train, test = _LOADERS[dataset](root, image_size=image_size, seed=seed, train_transform=train_tf,
                                     eval_transform=eval_tf, skip_bad_images=skip_bad_images, **dataset_options)
+    for split in (train, test):  # before the validation views are made, so that they inherit it
+        split.set_eval_geometry(image_size, augmentation.eval_resize_ratio)
     train, val = carve_validation(train, val_fraction, seed)
     for name, split in (("train", train), ("val", val), ("test", test)):
         if split is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from diml.data.base import SplitDataset
+from diml.data.keypoints import OriginalParts, PartSource
 
 PALETTE = np.array([
     [0.90, 0.15, 0.15], [0.15, 0.75, 0.20], [0.20, 0.35, 0.95], [0.95, 0.85, 0.15],
@@ -71,12 +72,18 @@ def _texture(texture: int, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.where(on, 1.0, 0.35)
 
 
+def _part_box(part: Part, size: int) -> tuple[int, int, int, int]:
+    """``x0, x1, y0, y1``: the pixels :func:`draw_part` may paint (the part's bounding box, clipped)."""
+    r_px = part.radius * size
+    return (max(0, int(part.x * size - r_px) - 1), min(size, int(part.x * size + r_px) + 2),
+            max(0, int(part.y * size - r_px) - 1), min(size, int(part.y * size + r_px) + 2))
+
+
 def draw_part(canvas: np.ndarray, part: Part, colour: np.ndarray) -> None:
     """Paint ``part`` with RGB ``colour (3,)`` into ``canvas (S, S, 3)`` float in place (only its bounding box)."""
     size = canvas.shape[0]
     r_px = part.radius * size
-    x0, x1 = max(0, int(part.x * size - r_px) - 1), min(size, int(part.x * size + r_px) + 2)
-    y0, y1 = max(0, int(part.y * size - r_px) - 1), min(size, int(part.y * size + r_px) + 2)
+    x0, x1, y0, y1 = _part_box(part, size)
     if x0 >= x1 or y0 >= y1:
         return
     ys = (np.arange(y0, y1) + 0.5)[:, None]
@@ -88,6 +95,17 @@ def draw_part(canvas: np.ndarray, part: Part, colour: np.ndarray) -> None:
     shade = _texture(part.texture, dx, dy)[..., None] * colour
     region = canvas[y0:y1, x0:x1]
     region[mask] = shade[mask]
+
+
+def part_covers(part: Part, size: int, point: np.ndarray) -> bool:
+    """Whether :func:`draw_part` paints the pixel holding ``point`` (continuous ``x, y`` in an ``S x S`` image)."""
+    px, py = np.floor(point).astype(int)
+    x0, x1, y0, y1 = _part_box(part, size)
+    if not (x0 <= px < x1 and y0 <= py < y1):
+        return False
+    r_px = part.radius * size
+    return bool(_shape_mask(part.shape, np.array((px + 0.5 - part.x * size) / r_px),
+                            np.array((py + 0.5 - part.y * size) / r_px)))
 
 
 class SyntheticParts:
@@ -125,34 +143,93 @@ class SyntheticParts:
             parts.append(Part(shape, colour, texture, float(x), float(y), float(rng.uniform(0.125, 0.16))))
         return parts
 
-    def _background(self, rng: np.random.Generator) -> np.ndarray:
+    def _background(self, rng: np.random.Generator, pixels: bool = True) -> np.ndarray | None:
+        """The noisy gradient background ``(S, S, 3)`` float; ``pixels=False`` draws the same random numbers
+        (the generator ends in the same state) without computing the image and returns ``None``."""
         size = self.image_size
-        ramp = np.linspace(0.0, 1.0, size)
         base = rng.uniform(0.2, 0.45, size=3)
         gx, gy = rng.uniform(-0.15, 0.15, size=(2, 3))
+        if not pixels:
+            rng.standard_normal(size * size * 3)  # the draws of rng.normal(0, 0.04, (S, S, 3)), in the same order
+            return None
+        ramp = np.linspace(0.0, 1.0, size)
         canvas = base + gx * ramp[None, :, None] + gy * ramp[:, None, None]
         return canvas + rng.normal(0.0, 0.04, size=(size, size, 3))
 
-    def render(self, class_id: int, index: int) -> np.ndarray:
-        """Image ``index`` of class ``class_id``: ``(S, S, 3)`` uint8, a function of ``(seed, class_id, index)``."""
+    def _layout(self, class_id: int, index: int, pixels: bool = True):
+        """``(background or None, distractors, class parts)``: what image ``(class_id, index)`` draws, in drawing
+        order, each a list of ``(Part, colour (3,))``. The class parts are moved to their place in this image:
+        centre ``0.5 + scale * (p - 0.5) + shift + jitter``."""
         rng = np.random.default_rng([self.seed, class_id, index, 0x1A6E])
-        canvas = self._background(rng)
+        canvas = self._background(rng, pixels)
+        distractors = []
         for _ in range(int(rng.integers(self.distractors[0], self.distractors[1] + 1))):
             shape, colour, texture = rng.integers(len(SHAPES)), rng.integers(len(PALETTE)), rng.integers(len(TEXTURES))
             x, y = rng.uniform(0.1, 0.9, size=2)
             part = Part(int(shape), int(colour), int(texture), x, y, rng.uniform(0.08, 0.13))
-            draw_part(canvas, part, PALETTE[colour] * rng.uniform(0.85, 1.1, size=3))
+            distractors.append((part, PALETTE[colour] * rng.uniform(0.85, 1.1, size=3)))
         scale = rng.uniform(0.85, 1.15)
         shift = rng.uniform(-0.07, 0.07, size=2)
+        parts = []
         for part in self.class_parts(class_id):
             x, y = 0.5 + scale * (np.array([part.x, part.y]) - 0.5) + shift + rng.normal(0.0, 0.025, size=2)
             moved = Part(part.shape, part.colour, part.texture, x, y, part.radius * scale * rng.uniform(0.9, 1.1))
-            draw_part(canvas, moved, PALETTE[part.colour] * rng.uniform(0.85, 1.1, size=3))
+            parts.append((moved, PALETTE[part.colour] * rng.uniform(0.85, 1.1, size=3)))
+        return canvas, distractors, parts
+
+    def render(self, class_id: int, index: int) -> np.ndarray:
+        """Image ``index`` of class ``class_id``: ``(S, S, 3)`` uint8, a function of ``(seed, class_id, index)``."""
+        canvas, distractors, parts = self._layout(class_id, index)
+        for part, colour in distractors + parts:
+            draw_part(canvas, part, colour)
         return (np.clip(canvas, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def part_centres(self, class_id: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where image ``(class_id, index)`` draws its class parts, without rendering it: ``centres (P, 2)``
+        (continuous pixels of the ``S x S`` image), ``visible (P,)`` and ``box (4,)`` (``x0, y0, x1, y1`` around
+        the drawn class parts, clipped to the image).
+
+        Part ``k`` is invisible when its centre lies outside the image or when a class part drawn after it paints
+        the pixel holding its centre (distractors are drawn first, so they never cover a class part).
+        """
+        _, _, parts = self._layout(class_id, index, pixels=False)
+        size = self.image_size
+        centres = np.array([[p.x, p.y] for p, _ in parts]) * size
+        visible = np.all((centres >= 0) & (centres < size), axis=1)
+        for k in np.flatnonzero(visible):
+            visible[k] = not any(part_covers(p, size, centres[k]) for p, _ in parts[k + 1:])
+        boxes = np.array([_part_box(p, size) for p, _ in parts], dtype=np.float64)  # (P, 4) as x0, x1, y0, y1
+        box = np.array([boxes[:, 0].min(), boxes[:, 2].min(), boxes[:, 1].max(), boxes[:, 3].max()])
+        return centres, visible, box
+
+
+class SyntheticPartSource(PartSource):
+    """The class parts of the generator's images as keypoints: part ``k`` of every class is ``part_k`` (the
+    metric compares images of one class, so per-class part ids are what it needs); the box surrounds the drawn
+    class parts. Each image's layout is drawn once (no pixels) and cached."""
+
+    has_boxes = True
+
+    def __init__(self, generator: SyntheticParts) -> None:
+        self.generator = generator
+        self.part_names = [f"part_{k}" for k in range(generator.parts_per_class)]
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def original(self, items) -> OriginalParts:
+        if not len(items):
+            p = len(self.part_names)
+            return OriginalParts(np.zeros((0, p, 2)), np.zeros((0, p), bool), np.zeros((0, 4)), np.zeros((0, 2), int))
+        for item in items:
+            if item not in self._cache:
+                self._cache[item] = self.generator.part_centres(*item)
+        centres, visible, boxes = (np.stack(column) for column in zip(*(self._cache[i] for i in items)))
+        sizes = np.full((len(items), 2), self.generator.image_size, dtype=np.int64)
+        return OriginalParts(centres, visible, boxes, sizes)
 
 
 class SyntheticDataset(SplitDataset):
-    """A split of the synthetic dataset; ``items[i] = (global class id, index within the class)``."""
+    """A split of the synthetic dataset; ``items[i] = (global class id, index within the class)``; its
+    ``keypoints()`` are the class parts' centres (:class:`SyntheticPartSource`)."""
 
     def __init__(self, generator: SyntheticParts, class_ids: list[int], images_per_class: int, transform,
                  eval_transform=None) -> None:
@@ -160,6 +237,7 @@ class SyntheticDataset(SplitDataset):
         labels = np.repeat(np.arange(len(class_ids)), images_per_class)
         super().__init__(items, labels, [f"class_{c:03d}" for c in class_ids], transform, eval_transform)
         self.generator = generator
+        self.part_source = SyntheticPartSource(generator)
 
     def load_image(self, index: int) -> Image.Image:
         class_id, i = self.items[index]
