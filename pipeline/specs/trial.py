@@ -233,6 +233,15 @@ class BatchSpec(Strict):
         return self
 
 
+class InterpretabilitySpec(Strict):
+    """Keypoint transfer through the matching plan, scored by PCK (:func:`diml.evaluation.correspondence_metrics`):
+    on the test split at the end of a trial (and for the untrained model with ``before_training``), where the
+    dataset has part annotations (synthetic, cub200 with ``parts/``, folder with ``parts.csv``); otherwise skipped."""
+
+    enabled: bool = Field(True, description="false: never measure the matching flow's part correspondence")
+    max_pairs: int = Field(10_000, ge=1, le=1_000_000, description="same-class test pairs sampled (both directions)")
+
+
 class EvaluationSpec(Strict):
     depths: list[int] = Field(default_factory=lambda: [100], description="test-time DIML re-ranking depths K")
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="Recall@k")
@@ -248,6 +257,7 @@ class EvaluationSpec(Strict):
     save_embeddings: bool = Field(False, description="log the final test embeddings as Parquet")
     explanations: int = Field(8, ge=0, le=256, description="test queries explained with figures at the end")
     before_training: bool = Field(False, description="also score the untrained model on test (init/test/...)")
+    interpretability: InterpretabilitySpec = Field(default_factory=InterpretabilitySpec)
 
     @field_validator("depths", "ks")
     @classmethod

@@ -119,3 +119,10 @@ def evaluation_options(spec: RunSpec) -> dict[str, Any]:
     e = spec.evaluation
     return {"depths": tuple(e.depths), "ks": tuple(e.ks), "r_includes_query": e.r_includes_query,
             "ot": ot_options(e.ot), "seed": spec.seed}
+
+
+def interpretability_options(spec: RunSpec) -> dict[str, Any]:
+    """Keyword arguments of :func:`diml.evaluation.correspondence_metrics` besides the data: the grid, the crop side
+    (L of PCK), the evaluation's OT options (the plan the re-ranking uses), the pairs sampled and their seed."""
+    return {"grid": spec.model.grid, "image_size": spec.data.image_size, "ot": ot_options(spec.evaluation.ot),
+            "max_pairs": spec.evaluation.interpretability.max_pairs, "seed": spec.seed}
