@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -54,8 +55,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def short_error(exc: BaseException) -> str:
-    """An MLflow (or requests) error in one short line."""
+    """An MLflow (or requests) error in one short line: ``API request to URL failed: [Errno 111] Connection
+    refused`` rather than urllib3's retry report around it."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    refused = re.match(r"API request to (\S+) failed with exception .*?(\[Errno \d+\] [^\"')]+)", text)
+    if refused:
+        text = f"API request to {refused.group(1)} failed: {refused.group(2)}"
     return (text[:240] + " ...") if len(text) > 240 else text
 
 

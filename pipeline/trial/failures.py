@@ -123,7 +123,8 @@ def _death_line(exc: BaseException) -> str:
     lines = str(exc).splitlines()
     pid = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("pid:")), None)
     text = " ".join(line.strip() for line in lines[1:] if line and not line.startswith("\t")) or lines[0]
-    text = text.split(" There are some potential root causes.")[0]
+    for advice in (" Some common causes include", " There are some potential root causes"):  # Ray's list of guesses
+        text = text.split(advice)[0]
     return f"{type(exc).__name__}: worker process{f' {pid}' if pid else ''} died: {text}"
 
 

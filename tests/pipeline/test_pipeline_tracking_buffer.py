@@ -76,6 +76,14 @@ def test_a_call_the_store_refuses_is_dropped_not_kept(run, monkeypatch, capsys):
 def test_an_unreachable_server_is_asked_cheaply_and_trials_retry_briefly(monkeypatch):
     import os
 
+    refused = MlflowException(
+        "API request to http://h:5000/api/2.0/mlflow/runs/log-batch failed with exception HTTPConnectionPool("
+        "host='h', port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/log-batch (Caused by "
+        "NewConnectionError(\"HTTPConnection(host='h', port=5000): Failed to establish a new connection: [Errno 111] "
+        "Connection refused\"))")
+    assert tracking_buffer.short_error(refused) == ("API request to http://h:5000/api/2.0/mlflow/runs/log-batch "
+                                                    "failed: [Errno 111] Connection refused")
+
     assert not tracking_buffer.answers("http://127.0.0.1:9", timeout=1)
     assert tracking_buffer.answers("sqlite:////nowhere/mlflow.db")  # no cheaper test than using it
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "")  # restored after the test, as it was

@@ -24,8 +24,8 @@ GLOO = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connec
 DEATH = RayActorError(error_msg="The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker"
                                 "\n\tactor_id: 12f7\n\tpid: 4242\n\tip: 10.0.0.2\nThe actor is dead because its worker "
                                 "process has died. Worker exit type: UNEXPECTED_SYSTEM_EXIT Worker exit detail: Worker "
-                                "unexpectedly exits with a connection error code 2. End of file. There are some "
-                                "potential root causes. (1) The process is killed by SIGKILL by OOM killer.")
+                                "unexpectedly exits with a connection error code 2. End of file. Some common causes "
+                                "include: (1) the process was killed by the OOM killer due to high memory usage")
 
 
 def _group(failures_by_rank):
@@ -55,7 +55,7 @@ def test_a_dead_worker_explains_its_peers_errors_and_is_retried():
     assert failures.is_retryable(_group({0: BAD, 1: dead}))  # a killed peer can make anything fail
     line = failures.one_line(group)
     assert line.startswith("RayActorError: worker process 4242 died: The actor is dead because its worker process")
-    assert "UNEXPECTED_SYSTEM_EXIT" in line and "potential root causes" not in line and "\n" not in line
+    assert "UNEXPECTED_SYSTEM_EXIT" in line and "common causes" not in line and "\n" not in line
     assert failures.restart_reason(group) == f"rank 0: RuntimeError: {GLOO}; rank 1: {line}"
 
 
