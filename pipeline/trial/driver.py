@@ -117,6 +117,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
         if (run.info.status == "FAILED" and tags.get(TAG_RETRYABLE) == "false" and launch.attempt
                 and tags.get(TAG_ATTEMPT) == launch.attempt):  # a Tune retry of what no retry can fix
             _close(uri, run_id, "FAILED")
+            print(f"diml: trial {label} is not run again, a retry cannot fix this: {tags.get(TAG_FAILURE)}")
             raise TrialFailed(tags.get(TAG_FAILURE, "failed"))
         from pipeline.trial.ray_workarounds import TAG_RESTART_REASONS
 

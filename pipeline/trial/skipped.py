@@ -26,6 +26,13 @@ class SkippedImages:
     def add(self, dataset, indices: Iterable[int]) -> None:
         self.names.update(dataset.image_id(i) for i in indices)
 
+    def after_epoch(self, dataset, indices: Iterable[int], world_size: int) -> dict[str, float]:
+        """Add an epoch's unreadable training images (``dataset`` indices), gather every worker's names and return
+        :meth:`metrics` (a collective: every rank calls it)."""
+        self.add(dataset, indices)
+        self.gather(world_size)
+        return self.metrics()
+
     def gather(self, world_size: int) -> None:
         """Every worker's names on every worker (a collective: all ranks call it at the same point)."""
         import torch.distributed as dist

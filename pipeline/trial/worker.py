@@ -308,10 +308,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                    "train/images_per_second": stats.images_per_second * ctx.world_size, **clock.overheads()}
         if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
             _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
-        if ctx.skipped is not None:
-            ctx.skipped.add(splits.train, stats.skipped)
-            ctx.skipped.gather(ctx.world_size)
-            metrics.update(ctx.skipped.metrics())
+        if ctx.skipped is not None:  # data.skip_bad_images: this epoch's unreadable images, over every rank
+            metrics.update(ctx.skipped.after_epoch(splits.train, stats.skipped, ctx.world_size))
             logger.tags(ctx.skipped.new_tags())
         progress.next_epoch = epoch + 1
         metrics["selection_score"] = progress.last_score
