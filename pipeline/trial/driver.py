@@ -21,6 +21,7 @@ from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.specs.paths import set_path
 from pipeline.trial import failures
 from pipeline.trial.failures import TrialFailed, TrialUnlogged
+from pipeline.trial.ray_workarounds import TAG_RESTART_REASONS
 from pipeline.trial.train_state import recover_train_run
 
 SELECTION_SCORE = "selection_score"
@@ -119,8 +120,6 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], launch:
             _close(uri, run_id, "FAILED")
             print(f"diml: trial {label} is not run again, a retry cannot fix this: {tags.get(TAG_FAILURE)}")
             raise TrialFailed(tags.get(TAG_FAILURE, "failed"))
-        from pipeline.trial.ray_workarounds import TAG_RESTART_REASONS
-
         restarts = [line for line in tags.get(TAG_RESTART_REASONS, "").splitlines() if line]
         _set_tags(uri, run_id, {TAG_ATTEMPTS: str(int(tags.get(TAG_ATTEMPTS, "0")) + 1)})
     from pipeline.trial.worker import STATE_FILE
