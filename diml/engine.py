@@ -58,6 +58,7 @@ class EpochStats:
     images: int
     seconds: float
     lr: float
+    skipped: tuple[int, ...] = ()  # dataset indices of unreadable images dropped from the batches (skipped_label)
 
     @property
     def images_per_second(self) -> float:
@@ -77,13 +78,18 @@ def train_epoch(
 
     The loss is accumulated on the device and read back once at the end of the epoch (no host sync per step);
     a non-finite mean loss raises :class:`NonFiniteLossError` naming the epoch.
-    ``images`` counts this worker's images.
+    ``images`` counts this worker's images. Images a split could not read (a negative label,
+    :func:`diml.data.skipped_label`) are dropped from their batch before the forward pass and listed in
+    ``skipped``; a batch left empty raises ``ValueError`` (under DDP every rank must take the step).
     """
     step_module.train()
     total = torch.zeros((), device=device, dtype=torch.float64)
     n_batches = n_images = 0
+    skipped: list[int] = []
     start = time.perf_counter()
     for images, labels in batches:
+        if bool((labels < 0).any()):  # on the host, before the copy to the device: no sync
+            images, labels = _drop_unreadable(images, labels, skipped)
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -102,4 +108,15 @@ def train_epoch(
     if not math.isfinite(mean):
         raise NonFiniteLossError(epoch, mean)
     lr = optimizer.param_groups[0]["lr"]
-    return EpochStats(epoch=epoch, loss=mean, batches=n_batches, images=n_images, seconds=seconds, lr=lr)
+    return EpochStats(epoch=epoch, loss=mean, batches=n_batches, images=n_images, seconds=seconds, lr=lr,
+                      skipped=tuple(skipped))
+
+
+def _drop_unreadable(images: torch.Tensor, labels: torch.Tensor, skipped: list[int]):
+    """The batch without the rows labelled unreadable (negative labels); their dataset indices go to ``skipped``."""
+    keep = labels >= 0
+    skipped.extend(int(-1 - label) for label in labels[~keep])
+    if not bool(keep.any()):
+        raise ValueError(f"every image of a training batch was unreadable (dataset indices {skipped[-8:]}): "
+                         "replace or delete the bad files")
+    return images[keep], labels[keep]

@@ -85,9 +85,35 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
                 "MLFLOW_TRACKING_URI / tracking.uri to a reachable server or to sqlite:///mlflow.db"
             ) from None
     elif uri.startswith("sqlite:///"):
-        folder = pathlib.Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+        database = pathlib.Path(uri[len("sqlite:///"):])
+        if not database.parent.is_dir():
+            raise TrackingError(f"MLflow store {uri}: folder {database.parent} does not exist: create it, or set "
+                                "MLFLOW_TRACKING_URI / tracking.uri to a store in a writable folder")
+        _check_writable(f"MLflow store {uri}", database.parent, "MLFLOW_TRACKING_URI / tracking.uri")
+        if database.exists() and not os.access(database, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: {database} is read-only: make it writable or set "
+                                "MLFLOW_TRACKING_URI / tracking.uri to another store")
+    elif uri.startswith("file:"):
+        _check_writable(f"MLflow store {uri}", pathlib.Path(uri.removeprefix("file://").removeprefix("file:")),
+                        "MLFLOW_TRACKING_URI / tracking.uri")
+
+
+def check_artifact_location(location: str | None) -> None:
+    """Raise :class:`TrackingError` when a local ``tracking.artifact_location`` cannot be written (an object store
+    is left to MLflow: there are no credentials to try it with here)."""
+    if location and (location.startswith("file:") or "://" not in location):
+        path = pathlib.Path(location.removeprefix("file://").removeprefix("file:")).expanduser()
+        _check_writable(f"artifact location {location}", path, "tracking.artifact_location")
+
+
+def _check_writable(what: str, folder: pathlib.Path, setting: str) -> None:
+    from pipeline.storage import check_writable
+
+    try:
+        check_writable(folder)
+    except OSError as exc:
+        raise TrackingError(f"{what}: cannot write to {folder} ({exc.strerror or exc}): set {setting} to a "
+                            "writable place") from None
 
 
 def client(uri: str):
@@ -195,11 +221,16 @@ def log_params(uri: str, run_id: str, values: dict[str, Any]) -> None:
     client(uri).log_batch(run_id, params=_params(values))
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int, *, timestamp: int | None = None,
+                tags: dict[str, str] | None = None) -> None:
+    """Log ``metrics`` at ``step`` (and ``tags``) in one request. ``timestamp`` (ms): when they were measured;
+    logging the same metrics again with the same timestamp adds nothing (MLflow's SQL stores drop exact
+    duplicates), so a kept batch may be logged twice without harm."""
+    from mlflow.entities import Metric, RunTag
 
-    now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+    now = int(time.time() * 1000) if timestamp is None else int(timestamp)
+    client(uri).log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()],
+                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
 def evaluation_metrics(split: str, results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -333,24 +364,32 @@ def dataset_digest(dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def log_datasets(uri: str, run_id: str, name: str, root: str | None, splits: dict[str, Any],
-                 contexts: dict[str, str]) -> None:
-    """Log each split (``{split name: SplitDataset or None}``) as an MLflow dataset input ``<name>/<split>`` with
-    the source ``root``, the number of images and classes as its profile, a content digest, and the split's
-    ``mlflow.data.context`` (``contexts[split]``: training, validation, testing)."""
+def dataset_inputs(name: str, root: str | None, splits: dict[str, Any], contexts: dict[str, str]) -> list[dict]:
+    """Each split (``{split name: SplitDataset or None}``) as an MLflow dataset input ``<name>/<split>`` (plain
+    JSON, so that it can be kept and logged later): the source ``root``, the number of images and classes as its
+    profile, a content digest, and the split's ``mlflow.data.context`` (``contexts[split]``: training, ...)."""
+    return [{"name": f"{name}/{split}", "digest": dataset_digest(dataset),
+             "source": json.dumps({"uri": str(root) if root else f"{name} (generated)"}),
+             "profile": json.dumps({"num_images": len(dataset), "num_classes": dataset.num_classes}),
+             "context": contexts[split]}
+            for split, dataset in splits.items() if dataset is not None]
+
+
+def log_dataset_inputs(uri: str, run_id: str, inputs: list[dict]) -> None:
+    """Log :func:`dataset_inputs` to run ``run_id``."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    inputs = []
-    for split, dataset in splits.items():
-        if dataset is None:
-            continue
-        profile = {"num_images": len(dataset), "num_classes": dataset.num_classes}
-        entity = Dataset(name=f"{name}/{split}", digest=dataset_digest(dataset), source_type="local",
-                         source=json.dumps({"uri": str(root) if root else f"{name} (generated)"}),
-                         profile=json.dumps(profile))
-        inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, contexts[split])]))
-    client(uri).log_inputs(run_id, datasets=inputs)
+    client(uri).log_inputs(run_id, datasets=[
+        DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local", source=d["source"],
+                             profile=d["profile"]), tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])])
+        for d in inputs])
+
+
+def log_datasets(uri: str, run_id: str, name: str, root: str | None, splits: dict[str, Any],
+                 contexts: dict[str, str]) -> None:
+    """Log each split as an MLflow dataset input (:func:`dataset_inputs`)."""
+    log_dataset_inputs(uri, run_id, dataset_inputs(name, root, splits, contexts))
 
 
 def start_system_metrics(uri: str, run_id: str):

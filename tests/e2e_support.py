@@ -69,3 +69,57 @@ def descendants(root_pid: int) -> set[int]:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
         found |= frontier
     return found
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(folder: pathlib.Path, backend_uri: str, port: int, timeout: float = 120):
+    """``mlflow server`` on ``backend_uri`` at 127.0.0.1:``port`` in its own process group, once it answers
+    ``/health``; returns ``(process, url)``. Stop it with :func:`stop_process_group`."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(folder / f"server-{port}.log", "a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+         "--artifacts-destination", str(folder / "served-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            stop_process_group(proc, signal.SIGKILL)
+            raise AssertionError("mlflow server did not start:\n" + (folder / f"server-{port}.log").read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def stop_process_group(proc, sig=None) -> None:
+    """Stop ``proc``'s process group (it was started with ``start_new_session``): ``sig`` (SIGTERM), then SIGKILL."""
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, sig or signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()

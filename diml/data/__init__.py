@@ -9,7 +9,7 @@ images per batch, disjoint across DDP ranks.
 
 from diml.data import formats as _formats  # noqa: F401  (registers cub200, cars196, sop, folder)
 from diml.data.base import SplitDataset, Splits
-from diml.data.files import BadImageError, ImageFileDataset
+from diml.data.files import BadImageError, ImageFileDataset, skipped_indices, skipped_label
 from diml.data.keypoints import EvalGeometry
 from diml.data.sampler import ClassBalancedBatchSampler
 from diml.data.splits import build_splits, list_datasets, register_dataset
@@ -32,5 +32,7 @@ __all__ = [
     "eval_transform",
     "list_datasets",
     "register_dataset",
+    "skipped_indices",
+    "skipped_label",
     "train_transform",
 ]

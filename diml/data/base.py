@@ -120,6 +120,15 @@ class SplitDataset(Dataset):
         """This split with the evaluation transform (e.g. to embed the training images)."""
         return self.with_transform(self.eval_transform)
 
+    def subset(self, indices: Sequence[int]) -> "SplitDataset":
+        """A copy holding images ``indices`` only, in that order (labels and class names unchanged, so a class may
+        end up with no image): e.g. the images an evaluation kept after dropping those it could not read."""
+        indices = np.asarray(indices, dtype=np.int64)
+        view = copy.copy(self)
+        view.items = [self.items[i] for i in indices]
+        view.labels = self.labels[indices]
+        return view
+
     def select_classes(self, classes: Sequence[int]) -> "SplitDataset":
         """A copy restricted to the given classes (labels of this split), relabelled ``0..len(classes)-1`` in the
         given order."""

@@ -26,6 +26,19 @@ class BadImageError(ValueError):
     """An image file that exists but cannot be decoded."""
 
 
+def skipped_label(index: int) -> int:
+    """The label a split built with ``skip_bad_images`` yields for image ``index`` when it cannot read it (a file
+    that went bad after the scan of :func:`make_file_split`, or one the scan passed): ``-1 - index``, negative, so
+    that whoever collates the batch can drop it (:func:`skipped_indices`) and still tell which image it was, even
+    from a DataLoader worker process."""
+    return -1 - index
+
+
+def skipped_indices(labels) -> list[int]:
+    """The dataset indices of the images a batch's ``labels`` (a tensor or array) mark as unreadable."""
+    return [-1 - int(label) for label in labels if int(label) < 0]
+
+
 def require_root(dataset: str, root) -> Path:
     """``root`` as a ``Path``; ``None`` raises ``ValueError``, a missing directory ``FileNotFoundError``."""
     if root is None:
@@ -84,12 +97,32 @@ def _is_readable(path: Path) -> bool:
 
 
 class ImageFileDataset(SplitDataset):
-    """A split backed by image files: ``items[i]`` is the path of image ``i`` relative to ``root``."""
+    """A split backed by image files: ``items[i]`` is the path of image ``i`` relative to ``root``.
+
+    ``skip_bad_images``: an image that cannot be read when it is loaded yields a blank image with the label
+    :func:`skipped_label` (and a warning naming the file, once per file and process) instead of raising;
+    ``skipped_at_load``: the relative paths the scan of :func:`make_file_split` dropped."""
 
     def __init__(self, root: Path, relpaths: Sequence[str], labels, class_names: Sequence[str],
-                 transform: Callable | None, eval_transform: Callable | None = None) -> None:
+                 transform: Callable | None, eval_transform: Callable | None = None, *, skip_bad_images: bool = False,
+                 skipped_at_load: Sequence[str] = ()) -> None:
         super().__init__(list(relpaths), labels, class_names, transform, eval_transform)
         self.root = Path(root)
+        self.skip_bad_images = skip_bad_images
+        self.skipped_at_load = list(skipped_at_load)
+        self._warned: set[str] = set()
+
+    def __getitem__(self, index: int):
+        if not self.skip_bad_images:
+            return super().__getitem__(index)
+        try:
+            return super().__getitem__(index)
+        except (BadImageError, FileNotFoundError) as err:
+            if self.items[index] not in self._warned:
+                self._warned.add(self.items[index])
+                warnings.warn(f"skipped image {str(self.path(index))!r}: {err}", stacklevel=2)
+            blank = Image.new("RGB", (8, 8))
+            return (self.transform(blank) if self.transform is not None else blank), skipped_label(index)
 
     def path(self, index: int) -> Path:
         return self.root / self.items[index]
@@ -103,7 +136,8 @@ class ImageFileDataset(SplitDataset):
 
 def _drop_missing_and_bad(root: Path, relpaths: list[str], skip_bad_images: bool, split_name: str) -> np.ndarray:
     """Boolean keep-mask. Missing files raise unless skipping; with skipping, unreadable files are found by
-    decoding every image once (threads) and dropped with a warning that gives the count."""
+    decoding every image once (threads) and dropped with a warning that gives the count (an image that goes bad
+    later is skipped when it is read: :class:`ImageFileDataset`)."""
     exists = np.array([os.path.isfile(root / p) for p in relpaths], dtype=bool)
     if not skip_bad_images:
         if not exists.all():
@@ -136,6 +170,7 @@ def make_file_split(root: Path, relpaths: Sequence[str], class_keys: Sequence[Ha
     relpaths = list(relpaths)
     keys = list(class_keys)
     keep = _drop_missing_and_bad(root, relpaths, skip_bad_images, split_name)
+    dropped = [p for p, k in zip(relpaths, keep) if not k]
     relpaths = [p for p, k in zip(relpaths, keep) if k]
     keys = [c for c, k in zip(keys, keep) if k]
     if not relpaths:
@@ -143,4 +178,5 @@ def make_file_split(root: Path, relpaths: Sequence[str], class_keys: Sequence[Ha
     order = sorted(set(keys))
     index = {key: i for i, key in enumerate(order)}
     labels = np.array([index[k] for k in keys], dtype=np.int64)
-    return ImageFileDataset(root, relpaths, labels, [str(class_names[k]) for k in order], transform, eval_transform)
+    return ImageFileDataset(root, relpaths, labels, [str(class_names[k]) for k in order], transform, eval_transform,
+                            skip_bad_images=skip_bad_images, skipped_at_load=dropped)

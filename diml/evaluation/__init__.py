@@ -4,13 +4,14 @@ sharded extraction.
 - :func:`evaluate` -> ``{"global": {...}, "diml@d": {...}, "convention": {...}}`` (percent; see its docstring for
   the R convention and lone queries).
 - :func:`save_embeddings` / :func:`load_embeddings` -> :class:`EmbeddingSet` (Parquet, re-score without the model).
-- :func:`extract_embeddings` (sharded over DDP ranks, gathered on rank 0).
+- :func:`extract_embeddings` (sharded over DDP ranks, gathered on rank 0); :func:`drop_unreadable` (the rows of
+  images a split could not read).
 - :mod:`diml.evaluation.names` (:mod:`diml.names`): every result key, its tracked (MLflow) name and its display label.
 """
 
 from diml import names
 from diml.evaluation.evaluate import auto_pair_chunk, auto_query_chunk, evaluate, iter_rankings
-from diml.evaluation.extraction import extract_embeddings
+from diml.evaluation.extraction import drop_unreadable, extract_embeddings
 from diml.evaluation.metrics import class_sizes, clustering_nmi, ranking_metrics, relevant_cutoff
 from diml.names import GLOBAL, ranking_name, recall_key
 from diml.evaluation.retrieval import (
@@ -31,6 +32,7 @@ __all__ = [
     "auto_query_chunk",
     "class_sizes",
     "clustering_nmi",
+    "drop_unreadable",
     "evaluate",
     "extract_embeddings",
     "global_candidates",

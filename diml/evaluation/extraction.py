@@ -108,3 +108,19 @@ def extract_embeddings(
     if rank != 0:
         return None
     return EmbeddingSet(glob, labels, local, {})
+
+
+def drop_unreadable(embeddings: EmbeddingSet) -> tuple[EmbeddingSet, list[int]]:
+    """``embeddings`` without the rows of images the split could not read (negative labels:
+    :func:`diml.data.skipped_label`), and those rows' dataset indices.
+
+    When rows are dropped, ``metadata["indices"]`` lists the dataset index of every kept row (the rows are then
+    no longer in dataset order by position: pair them with ``dataset.subset(metadata["indices"])``)."""
+    keep = embeddings.labels >= 0
+    if bool(keep.all()):
+        return embeddings, []
+    skipped = [int(i) for i in torch.nonzero(~keep).flatten()]
+    kept = torch.nonzero(keep).flatten()
+    local = None if embeddings.local_emb is None else embeddings.local_emb[kept]
+    metadata = {**embeddings.metadata, "indices": [int(i) for i in kept]}
+    return EmbeddingSet(embeddings.global_emb[kept], embeddings.labels[kept], local, metadata), skipped

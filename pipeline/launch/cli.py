@@ -18,6 +18,7 @@ import time
 from pipeline import tracking
 from pipeline.launch import capacity
 from pipeline.launch.study import SpecError, Study, build_study, load_spec_file
+from pipeline.storage import check_writable, is_local, local_path
 
 EXIT_SPEC = 2
 EXIT_TRIALS_FAILED = 1
@@ -55,6 +56,28 @@ def storage_path(study: Study) -> str:
     return str(pathlib.Path(configured or "ray_results").expanduser().resolve())
 
 
+def runtime_problems(study: Study, uri: str) -> list[str]:
+    """What no spec check sees but would fail the launch after Ray started: a tracking store that cannot be reached
+    or written, a results folder or artifact location that cannot be written (tried with a probe file; object
+    stores are left alone: no credentials to try them with)."""
+    problems = []
+    artifacts = study.launch.tracking.artifact_location or tracking.default_artifact_location(uri)
+    for field, check, value in (("tracking.uri", tracking.check_reachable, uri),
+                                ("tracking.artifact_location", tracking.check_artifact_location, artifacts)):
+        try:
+            check(value)
+        except tracking.TrackingError as exc:
+            problems.append(f"{field}: {exc}")
+    storage = storage_path(study)
+    if is_local(storage):
+        try:
+            check_writable(local_path(storage))
+        except OSError as exc:
+            problems.append(f"launch.storage_path: cannot write to {local_path(storage)} ({exc.strerror or exc}): "
+                            "set launch.storage_path to a writable folder (an absolute path, or s3://..., gs://...)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.launch.tune_run import QUIET_ENV
 
@@ -75,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = capacity.resource_problems(study, resources or capacity.local_resources(args.address),
                                           local=not (args.address or os.environ.get("RAY_ADDRESS")))
     uri = tracking.resolve_tracking_uri(study.launch.tracking.uri)
-    try:
-        tracking.check_reachable(uri)
-    except tracking.TrackingError as exc:
-        problems.append(f"tracking.uri: {exc}")
+    problems += runtime_problems(study, uri)
     if problems:
         print(f"error: {SpecError(args.spec, problems)}", file=sys.stderr)
         return EXIT_SPEC
@@ -94,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SPEC
     print(outcome.render())
     print(f"\nwall time: {time.perf_counter() - started:.1f} s")
-    print(tracking.ui_hint(uri, study.launch.tracking.experiment or study.name))
+    if outcome.tracking_error is None:
+        print(tracking.ui_hint(uri, study.launch.tracking.experiment or study.name))
     if outcome.interrupted:
         return 128 + outcome.stop_signal if outcome.stop_signal else EXIT_INTERRUPTED
     return 0 if outcome.all_ok else EXIT_TRIALS_FAILED

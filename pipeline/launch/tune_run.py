@@ -14,16 +14,17 @@ import pathlib
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import tracking
+from pipeline import tracking, tracking_buffer
 from pipeline.launch import capacity, local_ray, tune_state
 from pipeline.launch.study import Study
 from pipeline.results import ResultsTable, collect_results
 from pipeline.specs import TrialLaunch
 from pipeline.storage import as_uri
-from pipeline.trial import ray_workarounds
+from pipeline.trial import failures, ray_workarounds
 from pipeline.trial.driver import SELECTION_SCORE, run_trial
 
 LOCAL_OBJECT_STORE = 1024**3  # checkpoints go to storage, not the object store
@@ -36,9 +37,12 @@ QUIET_ENV = {
 
 @dataclass
 class Outcome:
-    table: ResultsTable
+    table: ResultsTable | None  # None: MLflow could not be read (``tracking_error``)
     report: str = ""
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # trial label -> why it failed (its root cause)
+    unlogged: dict[str, str] = field(default_factory=dict)  # trial label -> what MLflow is missing
+    trial_count: int = 0
+    tracking_error: str | None = None  # why the results could not be read from MLflow or the launch run ended
     parent_run_id: str | None = None
     experiment_path: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -47,14 +51,23 @@ class Outcome:
 
     @property
     def all_ok(self) -> bool:
-        return not self.errors and not self.interrupted
+        return not self.errors and not self.unlogged and not self.interrupted and not self.tracking_error
 
     def render(self) -> str:
-        text = self.table.render()
+        text = self.table.render() if self.table is not None else f"(no results table: {self.tracking_error})"
         if self.report:
             text += "\n\n" + self.report
+        of = f" of {self.trial_count}" if self.trial_count else ""
         if self.errors:
-            text += "\n\nfailed trials:\n" + "\n".join(f"  - {k}: {v}" for k, v in self.errors.items())
+            text += (f"\n\n{len(self.errors)}{of} trial(s) failed:\n"
+                     + "\n".join(f"  - {k}: {v}" for k, v in self.errors.items()))
+        if self.unlogged:
+            text += (f"\n\n{len(self.unlogged)}{of} trial(s) trained to the end but are not fully logged in MLflow:\n"
+                     + "\n".join(f"  - {k}: {v}" for k, v in self.unlogged.items()))
+        if self.tracking_error and (self.unlogged or self.table is None):
+            text += ("\n\nMLflow could not be used after the trials: the results above are incomplete. Make the "
+                     "tracking store reachable and run the same command with --resume: it logs what is missing "
+                     "(from the trials' Ray checkpoints) and ends the launch's MLflow run")
         if self.timings:
             text += "\n\ntimings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         if self.interrupted:
@@ -207,7 +220,7 @@ def run_study(study: Study, *, uri: str, launch: str, storage: str, resume: bool
         tracking.client(uri).update_run(parent, status="RUNNING")
     _write_pointer(storage, launch, {"tune_name": name, "parent_run_id": parent, "experiment_id": experiment_id})
     info = TrialLaunch(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent, storage_path=storage,
-                       log_checkpoint=settings.tracking.log_checkpoint)
+                       log_checkpoint=settings.tracking.log_checkpoint, attempt=uuid.uuid4().hex[:12])
     with _SigtermExits():
         try:
             return _run_trials(study, info, name=name, path=path, pointer=pointer, address=address, num_cpus=num_cpus)
@@ -245,8 +258,7 @@ def _run_trials(study: Study, info: TrialLaunch, *, name: str, path: str, pointe
             tracking.end_run(uri, parent, "FAILED")
             raise
         timings["trials"] = time.perf_counter() - clock
-        errors = {r.config["trial"]: f"{type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}"
-                  for r in grid if r.error is not None}
+        errors, unlogged = _failures(grid)
         trial_count = len(grid)
         user_stopped, stop_signal = stop.fired, stop.signum
     finally:
@@ -256,16 +268,38 @@ def _run_trials(study: Study, info: TrialLaunch, *, name: str, path: str, pointe
             ray.shutdown()
         if owner is not None:
             owner.stop()
-    interrupted = _end_unfinished_runs(uri, experiment_id, parent, trial_count) if user_stopped else 0
-    clock = time.perf_counter()
-    table = collect_results(uri, experiment_id, parent)
-    report_text = _report(uri, parent, experiment_id)
-    timings["results and report"] = time.perf_counter() - clock
-    tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)
-    tracking.end_run(uri, parent, "KILLED" if interrupted else "FAILED" if errors else "FINISHED")
-    return Outcome(table=table, report=report_text, errors=errors, parent_run_id=parent,
-                   experiment_path=f"{storage}/{name}", timings=timings, interrupted=interrupted,
-                   stop_signal=int(stop_signal) if interrupted else 0)
+    outcome = Outcome(table=None, errors=errors, unlogged=unlogged, trial_count=trial_count, parent_run_id=parent,
+                      experiment_path=f"{storage}/{name}", timings=timings)
+    if not tracking_buffer.answers(uri, timeout=10):  # a server that went away: say so now, not after its retries
+        outcome.tracking_error = f"the MLflow server {uri} does not answer"
+        return outcome
+    try:
+        outcome.interrupted = _end_unfinished_runs(uri, experiment_id, parent, trial_count) if user_stopped else 0
+        outcome.stop_signal = int(stop_signal) if outcome.interrupted else 0
+        clock = time.perf_counter()
+        outcome.table = collect_results(uri, experiment_id, parent)
+        outcome.report = _report(uri, parent, experiment_id)
+        timings["results and report"] = time.perf_counter() - clock
+        if not unlogged:  # else --resume logs what is missing, then ends the launch's run
+            tracking.log_metrics(uri, parent, {f"launch/{k.replace(' ', '_')}_s": v for k, v in timings.items()}, 0)
+            tracking.end_run(uri, parent, "KILLED" if outcome.interrupted else "FAILED" if errors else "FINISHED")
+    except tracking_buffer.tracking_errors() as exc:  # MLflow went away: the trials' results are in their checkpoints
+        if not tracking_buffer.is_transient(exc):
+            raise
+        outcome.tracking_error = f"MLflow at {uri} could not be used ({tracking_buffer.short_error(exc)})"
+    return outcome
+
+
+def _failures(grid) -> tuple[dict[str, str], dict[str, str]]:
+    """The trials that failed (label -> root cause, :func:`pipeline.trial.failures.one_line`) and those that
+    trained to the end but are not fully logged in MLflow (label -> what is missing)."""
+    errors, unlogged = {}, {}
+    for result in grid:
+        if result.error is not None:
+            root = failures.root_cause(result.error)
+            found = unlogged if isinstance(root, failures.TrialUnlogged) else errors
+            found[result.config["trial"]] = failures.one_line(root)
+    return errors, unlogged
 
 
 class _SigtermExits:
@@ -347,12 +381,14 @@ def _end_unfinished_runs(uri: str, experiment_id: str, parent: str, trial_count:
 
 
 def _report(uri: str, parent: str, experiment_id: str) -> str:
-    """The paper-style report of this launch, logged to the parent run (empty when no trial finished)."""
+    """The paper-style report of this launch, logged to the parent run (a note when no trial finished)."""
     import tempfile
 
     from pipeline.report import report_launch
 
     runs = tracking.find_runs(uri, experiment_id, f"tags.`{tracking.TAG_PARENT}` = '{parent}'")
+    if not any(r.data.tags.get(tracking.TAG_ROLE) == "trial" and r.info.status == "FINISHED" for r in runs):
+        return "(no report: no trial of this launch finished)"
     with tempfile.TemporaryDirectory() as folder:
         try:
             return report_launch(uri, parent, runs, pathlib.Path(folder)).markdown()

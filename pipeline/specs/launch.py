@@ -133,6 +133,8 @@ class TrialLaunch(Strict):
     parent_run_id: str | None
     storage_path: str
     log_checkpoint: bool = True
+    attempt: str | None = Field(None, description="this run of the launcher (a new one on --resume): a trial that "
+                                                  "failed for good in it is not retried by Tune")
 
 
 LAUNCH_KEYS = tuple(k for k in LaunchSpec.model_fields if k != "name")

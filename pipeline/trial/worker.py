@@ -24,10 +24,11 @@ import torch
 
 from diml import names
 from diml.distributed import unwrap_model
-from pipeline import provenance, tracking
+from pipeline import provenance, tracking, tracking_buffer
 from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.trial import build
 from pipeline.trial.logger import TrialLogger
+from pipeline.trial.skipped import SkippedImages
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_so_far.pt"  # the best epoch so far, in diml's checkpoint format (diml.models.checkpoint)
@@ -63,6 +64,7 @@ class Context:
     run_id: str | None
     tracking_uri: str | None
     log_checkpoint: bool = True
+    skipped: SkippedImages | None = None  # with data.skip_bad_images
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +88,7 @@ def evaluate_split(train_module, dataset, ctx: Context):
 
     Returns ``(results, embeddings)`` on rank 0 and ``(None, None)`` on the other ranks.
     """
-    from diml.evaluation import evaluate, extract_embeddings
+    from diml.evaluation import drop_unreadable, evaluate, extract_embeddings
 
     model = unwrap_model(train_module).model
     if ctx.world_size > 1 and torch.distributed.is_initialized():
@@ -102,6 +104,9 @@ def evaluate_split(train_module, dataset, ctx: Context):
     model.train(was_training)
     if ctx.rank != 0:
         return None, None
+    embeddings, unreadable = drop_unreadable(embeddings)  # data.skip_bad_images: images that went bad since the scan
+    if ctx.skipped is not None:
+        ctx.skipped.add(dataset, unreadable)
     results = evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb, device=ctx.device,
                        **build.evaluation_options(ctx.spec))
     return results, embeddings
@@ -118,6 +123,8 @@ def interpretability(dataset, embeddings, ctx: Context, prefix: str, logger=None
         return {}
     from diml.evaluation import correspondence_metrics
 
+    if "indices" in embeddings.metadata:  # rows of images that could not be read were dropped (skip_bad_images)
+        dataset = dataset.subset(embeddings.metadata["indices"])
     start = time.perf_counter()
     try:
         results = correspondence_metrics(embeddings.local_emb, embeddings.global_emb, embeddings.labels,
@@ -208,10 +215,12 @@ def _setup(config: dict[str, Any]):
                   tracking_uri=launch.tracking_uri, log_checkpoint=launch.log_checkpoint)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     provenance.apply_determinism(spec.deterministic)
+    tracking_buffer.bound_http_retries()
     seed_everything(spec.seed)
     from diml.engine import TrainModule
 
     splits = build.build_splits(spec)
+    ctx.skipped = SkippedImages(splits) if spec.data.skip_bad_images else None
     model = build.build_model(spec)
     loss = build.build_loss(spec, splits.train.num_classes)
     amp = torch.bfloat16 if spec.model.amp and ctx.device.type == "cuda" else None
@@ -298,10 +307,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):  # Train's own resume state was damaged and set aside
         checkpoint = ray.train.Checkpoint(config["resume_from"])
+    pending = []  # MLflow calls the last attempt could not make (tracking_buffer)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress, best.state = load_checkpoint(folder, module, optimizer, scheduler)
-    logger = TrialLogger(ctx, splits)
+            pending = tracking_buffer.read_pending(folder)
+    logger = TrialLogger(ctx, splits, pending)
     if checkpoint is not None:
         logger.tags({"restored_from_epoch": str(progress.next_epoch)})
     if progress.next_epoch == 0 and spec.evaluation.before_training:
@@ -327,10 +338,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                    "train/images_per_second": stats.images_per_second * ctx.world_size, **clock.overheads()}
         if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
             _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
+        if ctx.skipped is not None:  # data.skip_bad_images: this epoch's unreadable images, over every rank
+            metrics.update(ctx.skipped.after_epoch(splits.train, stats.skipped, ctx.world_size))
+            logger.tags(ctx.skipped.new_tags())
         progress.next_epoch = epoch + 1
         metrics["selection_score"] = progress.last_score
         logger.metrics(metrics, epoch)
-        _report(metrics, ctx, module, optimizer, scheduler, progress, best.state)
+        _report(metrics, ctx, module, optimizer, scheduler, progress, best.state, logger.pending)
     return _finish(module, splits, ctx, progress, best, logger)
 
 
@@ -352,7 +366,7 @@ def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progres
         best.state, best.embeddings, best.fresh = _snapshot(module), embeddings, True
 
 
-def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_state) -> None:
+def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_state, pending) -> None:
     import ray.train
 
     if ctx.rank != 0:
@@ -361,6 +375,7 @@ def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(folder, module, optimizer, scheduler, progress, best_state,
                         build.model_config(ctx.spec, unwrap_model(module).model))
+        tracking_buffer.write_pending(folder, pending)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -385,6 +400,13 @@ def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger
     final["best/epoch"] = progress.best_epoch
     final["best/selection_score"] = progress.best_score
     final["selection_score"] = progress.best_score
+    if ctx.skipped is not None and ctx.rank == 0:
+        final.update(ctx.skipped.metrics())
     logger.final(final, module, splits, progress.best_epoch, test_embeddings)
     ray.train.report(final, checkpoint=None)
-    return {"status": "ok", **final} if ctx.rank == 0 else {"status": "ok"}
+    if ctx.rank != 0:
+        return {"status": "ok"}
+    if logger.unlogged:  # trained to the end, but MLflow could not be used: the driver says what is missing
+        return {"status": "unlogged", "unlogged": logger.unlogged, "pending": len(logger.pending),
+                "tracking_error": logger.run.error, **final}
+    return {"status": "ok", **final}

@@ -50,3 +50,24 @@ def test_non_finite_loss_names_the_epoch():
     opt = torch.optim.SGD(module.parameters(), lr=0.05)
     with pytest.raises(NonFiniteLossError, match="in epoch 3"):
         train_epoch(module, _batches(scale=float("nan")), opt, epoch=3, device=torch.device("cpu"))
+
+
+def test_unreadable_images_are_dropped_from_their_batch_and_listed():
+    from diml.data import skipped_label
+
+    seen = []
+
+    class Recording(PullTogether):
+        def forward(self, g, local, labels):
+            seen.append(labels.tolist())
+            return super().forward(g, local, labels)
+
+    images = torch.randn(8, 3, 2, 2)
+    labels = torch.tensor([0, 0, 1, skipped_label(17), 2, 2, 3, 3])
+    module = TrainModule(TinyModel(), Recording())
+    stats = train_epoch(module, [(images, labels)], torch.optim.SGD(module.parameters(), lr=0.05), epoch=0,
+                        device=torch.device("cpu"))
+    assert seen == [[0, 0, 1, 2, 2, 3, 3]] and stats.images == 7 and stats.skipped == (17,)
+    with pytest.raises(ValueError, match=r"every image of a training batch was unreadable \(dataset indices \[3, 4\]"):
+        train_epoch(module, [(images[:2], torch.tensor([skipped_label(3), skipped_label(4)]))],
+                    torch.optim.SGD(module.parameters(), lr=0.05), epoch=1, device=torch.device("cpu"))

@@ -6,24 +6,15 @@ import os
 import pathlib
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
-from e2e_support import ROOT, TINY_SPEC, write_spec
+from e2e_support import ROOT, TINY_SPEC, free_port, start_mlflow_server, stop_process_group, write_spec
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str):
@@ -39,37 +30,11 @@ def _post(url: str, body: dict):
 
 @pytest.fixture(scope="module")
 def server(tiny_grid):
-    folder = tiny_grid["folder"]
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tiny_grid["uri"],
-         "--artifacts-destination", str(folder / "served-artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "w"),
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_mlflow_server(tiny_grid["folder"], tiny_grid["uri"], free_port())
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError("mlflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def test_rest_api_shows_experiment_runs_tags_and_metrics(server):
@@ -119,7 +84,7 @@ def test_unreachable_server_stops_the_launch_before_any_trial(tmp_path, capsys):
     from pipeline.launch.cli import main
 
     path = write_spec(tmp_path, {**{k: v for k, v in TINY_SPEC.items() if k != "grid"}, "name": "nowhere"})
-    code = main([str(path), "--set", f"tracking.uri=http://127.0.0.1:{_free_port()}"])
+    code = main([str(path), "--set", f"tracking.uri=http://127.0.0.1:{free_port()}"])
     assert code == 2
     assert "cannot be reached" in capsys.readouterr().err
     assert not (tmp_path / "ray_results").exists()

@@ -118,7 +118,23 @@ CATALOGUE = [
      "grid: launch.storage_path belongs to the launch as a whole"),
     ("one grid point without positives", spec(grid={"batch.images_per_class": [1, 2]}),
      "trial 0 (1): batch.images_per_class 1 with loss.name 'margin'"),
+    # places that cannot be written (tried with a probe file; /proc refuses even root)
+    ("results folder that cannot be written", spec(**{"launch.storage_path": "/proc/diml-results"}),
+     "launch.storage_path: cannot write to /proc/diml-results (No such file or directory): set "
+     "launch.storage_path to a writable folder"),
+    ("results folder under a file", lambda d: _file_in_the_way(d, "launch.storage_path", "results"),
+     "launch.storage_path: cannot write to"),
+    ("tracking store in a folder that cannot be written", spec(**{"tracking.uri": "sqlite:////proc/mlflow.db"}),
+     "tracking.uri: MLflow store sqlite:////proc/mlflow.db: cannot write to /proc ("),
+    ("artifact location that cannot be written", spec(**{"tracking.artifact_location": "/proc/diml-art"}),
+     "tracking.artifact_location: artifact location /proc/diml-art: cannot write to /proc/diml-art"),
 ]
+
+
+def _file_in_the_way(data: pathlib.Path, field: str, name: str) -> dict:
+    data.mkdir()
+    (data / "a-file").write_text("")
+    return spec(**{field: str(data / "a-file" / name)})
 
 
 def _write(folder: pathlib.Path, content) -> pathlib.Path:

@@ -44,8 +44,23 @@ def test_metric_names_are_mlflow_safe():
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(tracking.TrackingError, match="cannot be reached.*start it"):
         tracking.check_reachable("http://127.0.0.1:9", timeout=2)
-    with pytest.raises(tracking.TrackingError, match="does not exist or is not writable"):
+    with pytest.raises(tracking.TrackingError, match="folder /nonexistent/folder does not exist: create it"):
         tracking.check_reachable("sqlite:////nonexistent/folder/mlflow.db")
+
+
+def test_a_store_or_artifact_folder_that_cannot_be_written_is_refused_by_a_probe(tmp_path):
+    # /proc accepts no new file even from root, for whom every permission check passes
+    with pytest.raises(tracking.TrackingError, match=r"sqlite:////proc/mlflow.db: cannot write to /proc \("):
+        tracking.check_reachable("sqlite:////proc/mlflow.db")
+    with pytest.raises(tracking.TrackingError, match="cannot write to /proc/art .*set tracking.artifact_location"):
+        tracking.check_artifact_location("/proc/art")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(tracking.TrackingError, match="a file is in the way"):
+        tracking.check_artifact_location(f"file://{tmp_path}/file/art")
+    tracking.check_reachable(f"sqlite:///{tmp_path}/mlflow.db")
+    tracking.check_artifact_location(str(tmp_path / "new" / "art"))
+    tracking.check_artifact_location("s3://bucket/art")  # no credentials to try an object store with
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probes leave nothing behind
 
 
 def test_parent_and_child_runs_in_a_local_store(tmp_path):

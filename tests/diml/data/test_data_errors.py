@@ -57,11 +57,34 @@ def test_skip_bad_images_drops_corrupt_and_truncated_files_with_a_count(tmp_path
     messages = " ".join(str(w.message) for w in record)
     assert sum(int(n) for n in re.findall(r"skipped (\d+) missing or unreadable", messages)) == 2
     assert "ant/0.jpg" in messages and "bee/big.jpg" in messages
+    assert sorted(splits.train.skipped_at_load + splits.test.skipped_at_load) == ["ant/0.jpg", "bee/big.jpg"]
     ids = [s.image_id(i) for s in (splits.train, splits.test) for i in range(len(s))]
     assert len(ids) == 4 * 3 - 1 and "ant/0.jpg" not in ids and "bee/big.jpg" not in ids
     for split in (splits.train, splits.test):
         for i in range(len(split)):
             split[i]  # every remaining image loads
+
+
+def test_an_image_that_goes_bad_after_the_scan_is_skipped_when_read(tmp_path):
+    from diml.data import skipped_indices, skipped_label
+
+    _folder(tmp_path, per_class=3)
+    splits = build_splits("folder", root=tmp_path, image_size=8, test_fraction=0.5, seed=0, skip_bad_images=True)
+    assert splits.train.skipped_at_load == [] == splits.test.skipped_at_load
+    split = splits.train if "ant" in splits.train.class_names else splits.test
+    index = [split.image_id(i) for i in range(len(split))].index("ant/1.jpg")
+    (tmp_path / "ant" / "1.jpg").write_bytes(b"overwritten since the scan")
+    with pytest.warns(UserWarning, match=r"skipped image '.*ant/1\.jpg': cannot read image") as record:
+        for view in (split, split.eval_view(), split):  # training and evaluation transforms; warned once
+            image, label = view[index]
+            assert image.shape == (3, 8, 8) and label == skipped_label(index) < 0
+    assert len(record) == 1 and skipped_indices([3, label, 0]) == [index]
+    (tmp_path / "ant" / "2.jpg").unlink()  # a file deleted since the scan
+    with pytest.warns(UserWarning, match=r"ant/2\.jpg' is missing"):
+        assert split.eval_view()[index + 1][1] == skipped_label(index + 1)
+    assert split[index - 1][1] >= 0  # the others still load
+    kept = split.subset([i for i in range(len(split)) if i != index])
+    assert len(kept) == len(split) - 1 and "ant/1.jpg" not in [kept.image_id(i) for i in range(len(kept))]
 
 
 def test_missing_listed_file_raises_naming_it(tmp_path):

@@ -79,3 +79,19 @@ def test_bad_arguments():
         extract_embeddings(torch.nn.Flatten(), _dataset(), batch_size=2, device="cpu")
     with pytest.raises(ValueError, match="dataset has 0 images"):
         extract_embeddings(_TinyModel(), _dataset(0), batch_size=2, device="cpu")
+
+
+def test_rows_of_unreadable_images_are_dropped_with_the_indices_of_the_kept_ones():
+    from diml.data import skipped_label
+    from diml.evaluation import drop_unreadable
+
+    images, labels = _dataset(6).tensors
+    labels = labels.clone()
+    labels[[1, 4]] = torch.tensor([skipped_label(1), skipped_label(4)])  # what a skip_bad_images split yields
+    result = extract_embeddings(_TinyModel(), TensorDataset(images, labels), batch_size=4, device="cpu")
+    kept, skipped = drop_unreadable(result)
+    assert skipped == [1, 4] and kept.metadata["indices"] == [0, 2, 3, 5]
+    torch.testing.assert_close(kept.global_emb, result.global_emb[[0, 2, 3, 5]])
+    torch.testing.assert_close(kept.local_emb, result.local_emb[[0, 2, 3, 5]])
+    assert kept.labels.tolist() == [100, 102, 100, 102]
+    assert drop_unreadable(kept) == (kept, [])

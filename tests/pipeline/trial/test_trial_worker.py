@@ -80,3 +80,44 @@ def test_worker_chatter_is_kept_out_of_the_launcher_console():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def test_an_image_unreadable_at_evaluation_is_left_out_of_the_scores_and_counted(tmp_path):
+    """``data.skip_bad_images``: an image that went bad after the scan of the splits is not scored (its row is
+    dropped, the kept rows say which images they are) and is counted once for ``data/skipped_images``."""
+    import pytest
+    from PIL import Image
+
+    from pipeline.launch.study import build_study
+    from pipeline.trial import build
+    from pipeline.trial.skipped import SkippedImages
+    from pipeline.trial.worker import Context, evaluate_split
+
+    for c, name in enumerate(("ant", "bee", "cat", "dog", "elk", "fox", "gnu", "hen")):
+        for j in range(3):
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.new("RGB", (16, 16), (30 * c, 20 * j, 90)).save(tmp_path / name / f"{j}.jpg")
+    raw = {"name": "w", "data": {"dataset": "folder", "root": str(tmp_path), "image_size": 32,
+                                 "skip_bad_images": True},
+           "model": {"backbone": "resnet18", "embed_dim": 8, "grid": 2}, "batch": {"size": 4, "images_per_class": 2},
+           "evaluation": {"depths": [3]}, "resources": {"workers_per_trial": 1}}
+    spec = build_study(raw).trials[0].spec
+    splits = build.build_splits(spec)
+    test = splits.test
+    bad = 1
+    (tmp_path / test.image_id(bad)).write_bytes(b"gone bad since the scan")
+    ctx = Context(spec=spec, rank=0, world_size=1, device=torch.device("cpu"), run_id=None, tracking_uri=None,
+                  skipped=SkippedImages(splits))
+    module = TrainModule(build.build_model(spec), build.build_loss(spec, splits.train.num_classes))
+    with pytest.warns(UserWarning, match="skipped image"):
+        results, embeddings = evaluate_split(module, test, ctx)
+    kept = [i for i in range(len(test)) if i != bad]
+    assert embeddings.metadata["indices"] == kept and embeddings.labels.tolist() == test.labels[kept].tolist()
+    assert results["convention"]["num_queries"] == len(test) - 1
+    assert ctx.skipped.metrics() == {"data/skipped_images": 1.0}
+    assert ctx.skipped.new_tags() == {"skipped_images": test.image_id(bad)} and ctx.skipped.new_tags() == {}
+    # a training batch dropped an image (diml.engine.EpochStats.skipped): counted with the others, once
+    for _ in range(2):
+        assert ctx.skipped.after_epoch(splits.train, [0], world_size=1) == {"data/skipped_images": 2.0}
+    assert ctx.skipped.new_tags() == {"skipped_images": ", ".join(sorted([test.image_id(bad),
+                                                                          splits.train.image_id(0)]))}
