@@ -28,6 +28,7 @@ class TrialLogger:
     def __init__(self, ctx, splits=None):
         self.ctx = ctx
         self.seconds = 0.0
+        self.explain_seconds = 0.0  # the explanation figures' time, set by final()
         self.monitor = None
         self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
         if self.active:
@@ -108,6 +109,7 @@ class TrialLogger:
                 start = time.perf_counter()
                 logged.append((self._explanations(model, splits.test, embeddings, folder), "explanations"))
                 explain_seconds = time.perf_counter() - start
+                self.explain_seconds = explain_seconds
             with self._timed():
                 tracking.log_artifacts(self.ctx.tracking_uri, self.ctx.run_id, logged)
         self._stop_monitor()

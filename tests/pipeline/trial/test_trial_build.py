@@ -56,11 +56,13 @@ def _folder(root):
 @pytest.mark.parametrize("dataset,write", [("cub200", _cub), ("cars196", _cars), ("sop", _sop), ("folder", _folder)])
 def test_every_dataset_through_a_spec(tmp_path, dataset, write):
     expected = write(tmp_path)
-    spec = build_study({**BASE, "data": {"dataset": dataset, "root": str(tmp_path), "image_size": 32}}).trials[0].spec
-    splits = build.build_splits(spec)
-    assert (splits.train.num_classes, splits.test.num_classes) == (expected["train"], expected["test"])
-    image, label = splits.test[0]
-    assert image.shape == (3, 32, 32) and 0 <= label < expected["test"]
+    for input_format in ("uint8", "float"):  # uint8 crops (the default) or normalised float images
+        data = {"dataset": dataset, "root": str(tmp_path), "image_size": 32, "input": input_format}
+        splits = build.build_splits(build_study({**BASE, "data": data}).trials[0].spec)
+        assert (splits.train.num_classes, splits.test.num_classes) == (expected["train"], expected["test"])
+        image, label = splits.test[0]
+        shape = image.pixels.shape if input_format == "uint8" else image.shape
+        assert shape == ((32, 32, 3) if input_format == "uint8" else (3, 32, 32)) and 0 <= label < expected["test"]
 
 
 def test_synthetic_spec_options_reach_the_dataset():
