@@ -66,9 +66,9 @@ class DataSpec(Strict):
         "uint8", description="uint8: loader workers decode and crop, the device flips and normalises batches "
         "(diml.data.device_input); float: the per-image float transforms in the workers (the same augmentation)")
     decoded_cache_gb: float = Field(
-        0.0, ge=0.0, le=4096.0, description="decode the training images once into a shared-memory cache of at most "
-        "this many GB per Train worker (full resolution: CUB-200's 5,864 training images take 3.3 GB); 0: off. "
-        "Needs input: uint8")
+        0.0, ge=0.0, le=4096.0, description="decode the training images once into a cache (memory the forked loader "
+        "workers share, not /dev/shm) of at most this many GB per Train worker (full resolution: CUB-200's 5,864 "
+        "training images take 3.3 GB); 0: off. Needs input: uint8")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
 
