@@ -35,12 +35,12 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 class PixelCrops(NamedTuple):
-    """uint8 crops and their flip decisions: one sample (``pixels (S, S, 3)``, ``flip ()`` bool) or, after the
-    DataLoader's collate, a batch (``pixels (B, S, S, 3)``, ``flip (B,)``). Channels last: the batch permuted to
-    ``(B, 3, S, S)`` is a channels-last tensor without a copy."""
+    """uint8 crops and their flip decisions: one sample (``pixels (S, S, 3)``, ``flip`` a bool) or, after the
+    DataLoader's collate, a batch (``pixels (B, S, S, 3)``, ``flip (B,)`` bool tensor). Channels last: the batch
+    permuted to ``(B, 3, S, S)`` is a channels-last tensor without a copy."""
 
     pixels: torch.Tensor
-    flip: torch.Tensor
+    flip: bool | torch.Tensor
 
 
 def decode_file(path: Path) -> np.ndarray:
@@ -52,17 +52,17 @@ def decode_file(path: Path) -> np.ndarray:
     """
     from diml.data.files import read_image
 
-    path = Path(path)
-    if simplejpeg is not None and path.suffix.lower() in JPEG_SUFFIXES:
+    if simplejpeg is not None and str(path).lower().endswith(JPEG_SUFFIXES):
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                data = file.read()
         except FileNotFoundError:
-            return np.asarray(read_image(path))  # raises the missing-file error
+            return np.asarray(read_image(Path(path)))  # raises the missing-file error
         try:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
             pass  # CMYK, corrupt...: Pillow decides, and names the problem
-    return np.array(read_image(path))
+    return np.array(read_image(Path(path)))
 
 
 def as_pixels(image) -> np.ndarray:
@@ -113,7 +113,7 @@ def eval_geometry(chw: torch.Tensor, image_size: int, resize_ratio: float) -> to
 
 
 def _sample(chw: torch.Tensor, flip: bool) -> PixelCrops:
-    return PixelCrops(chw.permute(1, 2, 0).contiguous(), torch.tensor(flip))  # a channels-last crop: no copy
+    return PixelCrops(chw.permute(1, 2, 0).contiguous(), flip)  # a channels-last crop: no copy
 
 
 class Uint8TrainTransform:

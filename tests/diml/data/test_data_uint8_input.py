@@ -39,7 +39,7 @@ def natural_image(seed: int, width: int = 120, height: int = 90) -> Image.Image:
 
 def _normalise(crops: PixelCrops, **kwargs) -> torch.Tensor:
     """One sample through the device step: (3, S, S)."""
-    return DeviceAugment(**kwargs)(crops.pixels[None], crops.flip[None])[0]
+    return DeviceAugment(**kwargs)(crops.pixels[None], torch.tensor([crops.flip]))[0]
 
 
 def _spy_boxes(monkeypatch) -> list:
