@@ -1,6 +1,6 @@
 """Real images in the CUB-200-2011 format: scikit-learn's handwritten digits, for docs/FIDELITY.md's experiment.
 
-    python benchmarks/make_real_cub.py OUT_DIR [--size 64] [--resample bicubic|nearest] [--per-class N]
+    python benchmarks/make_real_cub.py OUT_DIR [--size 64] [--resample bicubic|nearest] [--per-class N] [--copies K]
 
 The source is ``sklearn.datasets.load_digits`` (bundled with scikit-learn, no download): 1,797 real handwritten
 digits (UCI optdigits, 43 writers), 8 x 8 grey levels 0-16, 10 classes. Each image is turned into dark ink on
@@ -44,10 +44,13 @@ def digit_image(grey: np.ndarray, size: int, resample: str) -> Image.Image:
     return Image.fromarray(paper).resize((size, size), RESAMPLE[resample]).convert("RGB")
 
 
-def write_cub(out_dir, size: int = 64, resample: str = "bicubic", per_class: int | None = None) -> dict[int, int]:
+def write_cub(out_dir, size: int = 64, resample: str = "bicubic", per_class: int | None = None,
+              copies: int = 1) -> dict[int, int]:
     """Write the digits under ``out_dir/CUB_200_2011``; returns {class id: number of images}.
 
-    ``per_class``: only the first N images of each digit (None: all 1,797).
+    ``per_class``: only the first N images of each digit (None: all 1,797). ``copies``: write each digit K times
+    (``..._cK.jpg``, K > 0): a dataset the size of CUB's 11,788 images (7 copies) for throughput checks
+    (``specs/gpu_smoke.yaml``).
     """
     from sklearn.datasets import load_digits
 
@@ -55,6 +58,8 @@ def write_cub(out_dir, size: int = 64, resample: str = "bicubic", per_class: int
         raise ValueError(f"resample {resample!r} is not one of {sorted(RESAMPLE)}")
     if size < 8:
         raise ValueError(f"size {size} is below the source's 8 px: use 8 or more")
+    if copies < 1:
+        raise ValueError(f"copies {copies} must be at least 1")
     if per_class is not None and per_class < 1:
         raise ValueError(f"per_class {per_class} must be at least 1 (or None for all images)")
     base = Path(out_dir) / "CUB_200_2011"
@@ -63,13 +68,17 @@ def write_cub(out_dir, size: int = 64, resample: str = "bicubic", per_class: int
     digits = load_digits()
     rows = {name: [] for name in ("images", "image_class_labels", "train_test_split", "bounding_boxes")}
     counts: dict[int, int] = {}
-    for index, (grey, digit) in enumerate(zip(digits.images, digits.target.tolist())):
+    samples = [(index, grey, digit, copy) for index, (grey, digit) in enumerate(zip(digits.images,
+                                                                                  digits.target.tolist()))
+               for copy in range(copies)]
+    for index, grey, digit, copy in samples:
         cid = class_id(digit)
         if per_class is not None and counts.get(cid, 0) >= per_class:
             continue
         counts[cid] = counts.get(cid, 0) + 1
         image_id = sum(counts.values())
-        rel = f"{cid:03d}.digit_{digit}/digit_{digit}_{counts[cid]:04d}_{index}.jpg"
+        suffix = f"_c{copy}" if copy else ""
+        rel = f"{cid:03d}.digit_{digit}/digit_{digit}_{counts[cid]:04d}_{index}{suffix}.jpg"
         (base / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
         digit_image(grey, size, resample).save(base / "images" / rel, quality=95)
         rows["images"].append(f"{image_id} {rel}")
@@ -88,8 +97,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
     parser.add_argument("--resample", default="bicubic", choices=sorted(RESAMPLE))
     parser.add_argument("--per-class", type=int, default=None, help="first N images of each digit (default: all)")
+    parser.add_argument("--copies", type=int, default=1, help="write each digit K times (default 1)")
     args = parser.parse_args()
-    counts = write_cub(args.out_dir, args.size, args.resample, args.per_class)
+    counts = write_cub(args.out_dir, args.size, args.resample, args.per_class, args.copies)
     train = sum(n for c, n in counts.items() if c <= 100)
     print(f"wrote {sum(counts.values())} images of {len(counts)} classes to {Path(args.out_dir) / 'CUB_200_2011'}: "
           f"{train} train (digits 0-4, ids 1-5), {sum(counts.values()) - train} test (digits 5-9, ids 101-105)")

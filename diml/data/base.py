@@ -55,6 +55,8 @@ class SplitDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
+        if getattr(self.transform, "reads_pixels", False):  # diml.data.pixels: uint8 crops from decoded pixels
+            return self.transform(self.load_pixels(index)), int(self.labels[index])
         image = self.load_image(index)
         if self.transform is not None:
             image = self.transform(image)
@@ -63,6 +65,19 @@ class SplitDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         """The untransformed RGB image ``index``."""
         raise NotImplementedError
+
+    def load_pixels(self, index: int) -> np.ndarray:
+        """The untransformed image ``index`` as ``(H, W, 3)`` uint8 RGB (the same pixels as :meth:`load_image`;
+        subclasses may decode faster, and a decoded cache (:mod:`diml.data.pixel_cache`) answers first)."""
+        cache = getattr(self, "pixel_cache", None)
+        if cache is not None:
+            pixels = cache.get(self, index)
+            if pixels is not None:
+                return pixels
+        return self._decode_pixels(index)
+
+    def _decode_pixels(self, index: int) -> np.ndarray:
+        return np.array(self.load_image(index).convert("RGB"))
 
     def image_id(self, index: int) -> str:
         """A stable identifier of image ``index`` (e.g. its path relative to the dataset root)."""

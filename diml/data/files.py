@@ -130,6 +130,11 @@ class ImageFileDataset(SplitDataset):
     def load_image(self, index: int) -> Image.Image:
         return read_image(self.path(index))
 
+    def _decode_pixels(self, index: int) -> np.ndarray:
+        from diml.data.pixels import decode_file
+
+        return decode_file(self.path(index))
+
     def image_id(self, index: int) -> str:
         return self.items[index]
 

@@ -8,6 +8,8 @@ from typing import Callable
 from diml.data.base import Splits, carve_validation, report_small_classes
 from diml.data.transforms import DEFAULT_CROP_SCALE, Augmentation, eval_transform, train_transform
 
+INPUT_FORMATS = ("float", "uint8")
+
 # The synthetic images keep their parts away from the border; a milder crop keeps most parts in view, which makes
 # the dataset learnable in a couple of short CPU epochs.
 SYNTHETIC_CROP_SCALE = (0.5, 1.0)
@@ -31,7 +33,7 @@ def list_datasets() -> list[str]:
 
 def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 0, val_fraction: float = 0.0,
                  skip_bad_images: bool = False, crop_scale: tuple[float, float] | None = None,
-                 augmentation: Augmentation | None = None, **dataset_options) -> Splits:
+                 augmentation: Augmentation | None = None, input_format: str = "float", **dataset_options) -> Splits:
     """Build ``Splits(train, val, test)`` for ``dataset`` in ``list_datasets()``.
 
     Train and test classes are disjoint (zero-shot retrieval). ``val_fraction > 0`` moves a seeded fraction of the
@@ -43,15 +45,27 @@ def build_splits(dataset: str, *, root=None, image_size: int = 224, seed: int = 
     ``splits.train.eval_view()`` gives the training images with the eval transform. ``dataset_options`` go to the
     dataset's loader (e.g. ``num_classes`` for synthetic, ``test_fraction`` for folder). Classes with fewer than
     two images in a split are reported with a warning.
+
+    ``input_format``: ``"float"`` (each item a normalised ``(3, S, S)`` float tensor) or ``"uint8"`` (each item a
+    :class:`~diml.data.pixels.PixelCrops` of ``(S, S, 3)`` uint8 and the flip drawn, for
+    :func:`diml.data.device_input.device_batches` to normalise on the device; the same augmentation draws).
     """
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}")
     augmentation = augmentation if augmentation is not None else Augmentation(crop_scale=None)
     if augmentation.crop_scale is None:
         augmentation = dataclasses.replace(
             augmentation, crop_scale=SYNTHETIC_CROP_SCALE if dataset == "synthetic" else DEFAULT_CROP_SCALE)
     train_tf = train_transform(image_size, crop_scale=crop_scale, augmentation=augmentation)
     eval_tf = eval_transform(image_size, augmentation=augmentation)
+    if input_format == "uint8":
+        from diml.data.pixels import Uint8EvalTransform, Uint8TrainTransform
+
+        scale = tuple(crop_scale) if crop_scale is not None else augmentation.crop_scale
+        train_tf = Uint8TrainTransform(image_size, augmentation=dataclasses.replace(augmentation, crop_scale=scale))
+        eval_tf = Uint8EvalTransform(image_size, augmentation=augmentation)
     train, test = _LOADERS[dataset](root, image_size=image_size, seed=seed, train_transform=train_tf,
                                     eval_transform=eval_tf, skip_bad_images=skip_bad_images, **dataset_options)
     for split in (train, test):  # before the validation views are made, so that they inherit it

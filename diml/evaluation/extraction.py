@@ -19,10 +19,12 @@ def _unpack(output) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output.global_emb.float(), None if local is None else local.float()
 
 
-def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers, progress=False):
+def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers, progress=False, augment=None):
     """Embed ``dataset[indices]`` in order. Returns ``(global (n, D), local (n, D, R) | None, labels (n,))`` on
     ``device``."""
     from tqdm.auto import tqdm
+
+    from diml.data.device_input import device_batches
 
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
@@ -33,11 +35,11 @@ def _embed_shard(model, dataset, indices, *, batch_size, device, num_workers, pr
     module.eval()
     try:
         with torch.no_grad():
-            for images, batch_labels in loader:
-                glob, local = _unpack(module(images.to(device, non_blocking=True)))
+            for images, batch_labels in device_batches(loader, device, augment):
+                glob, local = _unpack(module(images))
                 globals_.append(glob)
                 locals_.append(local)
-                labels.append(torch.as_tensor(batch_labels, dtype=torch.int64).to(device))
+                labels.append(batch_labels.to(torch.int64))
     finally:
         module.train(was_training)
     has_local = locals_[0] is not None
@@ -67,7 +69,7 @@ def _gather_rank0(shard: torch.Tensor, num_images: int, rank: int, world: int, c
 
 def extract_embeddings(
     model: torch.nn.Module, dataset: Dataset, *, batch_size: int, device, num_workers: int = 0,
-    progress: bool = False,
+    progress: bool = False, augment=None,
 ) -> EmbeddingSet | None:
     """Embed every image of ``dataset`` with ``model`` in eval mode (the training mode is restored afterwards).
 
@@ -78,11 +80,15 @@ def extract_embeddings(
 
     Args:
         model: ``model(images (B, 3, H, W)) -> Embeddings(global_emb (B, D), local_emb (B, D, R))``.
-        dataset: yields ``(image, label)``.
+        dataset: yields ``(image, label)``: a ``(3, H, W)`` float image, or uint8 crops
+            (:class:`diml.data.pixels.PixelCrops`, ``build_splits(..., input_format="uint8")``) that are copied to
+            ``device`` ahead (pinned memory, a side stream on CUDA) and normalised there by ``augment``.
         batch_size: images per forward pass.
         device: where the model runs.
         num_workers: DataLoader workers.
         progress: show a progress bar of the batches on stderr (rank 0 only; off by default, e.g. in Ray workers).
+        augment: the :class:`diml.data.device_input.DeviceAugment` of uint8 crops (default: ImageNet normalisation,
+            contiguous layout); float images ignore it.
 
     Returns:
         :class:`~diml.evaluation.storage.EmbeddingSet` with CPU float32 embeddings, int64 labels and empty metadata
@@ -97,7 +103,8 @@ def extract_embeddings(
     if num_images < world or num_images == 0:
         raise ValueError(f"dataset has {num_images} images for {world} rank(s): every rank needs at least one image")
     glob, local, labels = _embed_shard(model, dataset, list(range(rank, num_images, world)), batch_size=batch_size,
-                                       device=device, num_workers=num_workers, progress=progress and rank == 0)
+                                       device=device, num_workers=num_workers, progress=progress and rank == 0,
+                                       augment=augment)
     if not distributed:
         return EmbeddingSet(glob.cpu(), labels.cpu(), None if local is None else local.cpu(), {})
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -2,29 +2,58 @@
 
 Per trial: ``epochs x train images / training rate`` + every evaluation of the selection split (forward at 3x the
 training rate + the structural re-ranking of ``max(depths)`` candidates per query) + the final test evaluation,
-times the trial's GPUs. Rates are for one H100-class GPU in fp32, calibrated on ``benchmarks/README.md``'s measured
-resnet50 step (224 px, batch 112: 48.8 ms, 2,300 img/s; margin-DIML +39 %, MS-DIML +72 %) and scaled for the other
-backbones by their FLOPs at their customary size; the data loader caps the rate at 250 img/s per loader worker
-(JPEG decoding and augmentation in PIL). Datasets with no fixed size (``folder``) are not estimated.
+times the trial's GPUs. The training rate is the slower of the GPU's step and the loader's workers. Every rate is
+a measurement, listed in :data:`RATES` with where it was taken; the other backbones are scaled from resnet50 by
+their FLOPs at their customary size. Datasets with no fixed size (``folder``) are not estimated.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 from pipeline.specs import RunSpec
 
-# training images/s on one GPU at 224 px (resnet50 measured; others scaled by FLOPs: 4.1 GFLOPs for resnet50)
-TRAIN_RATE = {"resnet18": 5000.0, "resnet34": 3300.0, "resnet50": 2300.0, "resnet101": 1300.0, "googlenet": 4500.0,
-              "inception_v3": 2300.0 * 4.1 / 5.7, "efficientnet_b0": 3000.0, "convnext_tiny": 2100.0,
-              "vit_b_16": 2300.0 * 4.1 / 17.6}
+
+class Rate(NamedTuple):
+    value: float
+    source: str
+
+
+# Measured rates (images/s unless named otherwise) and where each came from.
+RATES = {
+    # resnet50, 224 px, batch 112 (56 x 2), frozen BN, Adam, one GPU, the global (non-DIML) margin loss
+    "resnet50/fp32": Rate(2515.0, "H200, issue 26: 6 float loader workers fed 1,534 img/s, 61 % of the eager fp32 "
+                                  "step (H100: 2,031-2,386, benchmarks/results/h100-1..4/train_fp32.json)"),
+    "resnet50/bf16": Rate(2507.0, "H200, issue 26: bf16 autocast, eager (H100 bf16 + channels-last: 2,073-2,362, "
+                                  "benchmarks/results/h100-*/train_bf16_cl.json)"),
+    "resnet50/compiled": Rate(4007.0, "H200, issue 26: torch.compile, bf16, the best run (H100: 3,200-3,808, "
+                                      "benchmarks/results/h100-*/train_compile.json)"),
+    # what the structural loss multiplies the step time by (the tensor path, before the Triton kernels of issue 19)
+    "diml/margin": Rate(1.39, "H100 fp32, benchmarks/README.md training steps: margin-DIML +39 %"),
+    "diml/multisimilarity": Rate(1.72, "H100 fp32, benchmarks/README.md: MS-DIML +72 % (other structural losses)"),
+    "diml/compiled": Rate(1.80, "H100 compiled bf16 + channels-last, benchmarks/README.md: margin-DIML +80 %"),
+    # loader workers (DataLoader processes) at 224 px on CUB-like JPEGs, the authors' augmentation
+    "loader/float": Rate(256.0, "H200 host, issue 26: the float transforms, per worker"),
+    "loader/uint8": Rate(256.0 * 2.34, "the H200 host's float rate x the uint8 / float ratio per worker measured side "
+                                       "by side on this project's CPU (benchmarks/bench_loader.py, 2026-12-04: 826 vs "
+                                       "346 images per worker CPU second; 2.45x in wall time)"),
+    "loader/uint8_cached": Rate(256.0 * 5.7, "likewise from the decoded cache (data.decoded_cache_gb), after the first "
+                                             "epoch: 1,969 vs 346 images per worker CPU second (5.9x wall)"),
+    # the rest of a trial
+    "eval/forward_speedup": Rate(3.0, "forward only, vs a training step (rough)"),
+    "eval/rerank_pairs_per_s": Rate(1.0e6, "structural re-ranking pairs/s on a GPU (benchmarks/README.md, "
+                                           "evaluation: 6 M SOP-scale pairs in 16 s)"),
+}
 REFERENCE_SIZE = 224
-DIML_LOSS_COST = {"margin": 1.39, "multisimilarity": 1.72}  # step time x, measured; other structural losses: 1.72
-LOADER_RATE_PER_WORKER = 250.0
-EVAL_SPEEDUP = 3.0  # forward only
-RERANK_PAIRS_PER_S = 1.0e6
+# training speed relative to resnet50 at 224 px (by FLOPs: 4.1 GFLOPs for resnet50)
+RELATIVE_SPEED = {"resnet18": 5000 / 2300, "resnet34": 3300 / 2300, "resnet50": 1.0, "resnet101": 1300 / 2300,
+                  "googlenet": 4500 / 2300, "inception_v3": 4.1 / 5.7, "efficientnet_b0": 3000 / 2300,
+                  "convnext_tiny": 2100 / 2300, "vit_b_16": 4.1 / 17.6}
 # (train, test) images; the val split is carved from train
 DATASET_SIZES = {"cub200": (5864, 5924), "cars196": (8054, 8131), "sop": (59551, 60502)}
+# decoded bytes per image at full resolution (CUB: 500 x 375 at most; Cars196 and SOP: typical sizes, rough)
+DECODED_BYTES = {"cub200": 500 * 375 * 3, "cars196": 700 * 480 * 3, "sop": 500 * 500 * 3}
 
 
 def _sizes(spec: RunSpec) -> tuple[float, float] | None:
@@ -35,6 +64,39 @@ def _sizes(spec: RunSpec) -> tuple[float, float] | None:
     return tuple(map(float, DATASET_SIZES[data.dataset])) if data.dataset in DATASET_SIZES else None
 
 
+def backbone_rate(spec: RunSpec) -> float:
+    """One GPU's training images/s with a global loss: ``spec``'s backbone, image size, precision, compilation."""
+    model = spec.model
+    mode = "compiled" if model.compile else "bf16" if model.amp else "fp32"
+    rate = RATES[f"resnet50/{mode}"].value * RELATIVE_SPEED.get(model.backbone, 0.4)
+    return rate * (REFERENCE_SIZE / spec.data.image_size) ** 2
+
+
+def step_rate(spec: RunSpec) -> float:
+    """:func:`backbone_rate` slowed by the structural loss (``loss.similarity: diml``)."""
+    if spec.loss.similarity != "diml":
+        return backbone_rate(spec)
+    if spec.model.compile:
+        cost = RATES["diml/compiled"]
+    else:
+        cost = RATES.get(f"diml/{spec.loss.name}", RATES["diml/multisimilarity"])
+    return backbone_rate(spec) / cost.value
+
+
+def loader_rate(spec: RunSpec, train_images: float, *, training: bool) -> float:
+    """Images/s one loader worker delivers: the float or uint8 path (``data.input``), and for training from the
+    decoded cache where ``data.decoded_cache_gb`` holds the split (an average over the epochs: the first decodes)."""
+    data = spec.data
+    if data.input == "float":
+        return RATES["loader/float"].value
+    uncached = RATES["loader/uint8"].value
+    if not training or data.decoded_cache_gb <= 0:
+        return uncached
+    needed = train_images * DECODED_BYTES.get(data.dataset, 500 * 375 * 3)
+    share = min(1.0, data.decoded_cache_gb * 1e9 / needed) * (spec.epochs - 1) / spec.epochs
+    return 1.0 / (share / RATES["loader/uint8_cached"].value + (1.0 - share) / uncached)
+
+
 def trial_gpu_hours(spec: RunSpec) -> float | None:
     """Estimated GPU-hours of one trial, or ``None`` when it uses no GPU or its dataset size is unknown."""
     sizes = _sizes(spec)
@@ -43,20 +105,18 @@ def trial_gpu_hours(spec: RunSpec) -> float | None:
     train, test = sizes
     selection = train * spec.data.val_fraction if spec.data.val_fraction > 0 else test
     train -= train * spec.data.val_fraction
-    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
-    scale = (REFERENCE_SIZE / spec.data.image_size) ** 2
-    loader = LOADER_RATE_PER_WORKER * max(spec.data.loader_workers, 1) * spec.resources.workers_per_trial
-    gpu_rate = TRAIN_RATE.get(spec.model.backbone, 1000.0) * scale * spec.resources.workers_per_trial
-    step_cost = 1.0
-    if spec.loss.similarity == "diml":
-        step_cost = DIML_LOSS_COST.get(spec.loss.name, max(DIML_LOSS_COST.values()))
-    train_rate = min(gpu_rate / step_cost, loader)
-    eval_rate = min(gpu_rate * EVAL_SPEEDUP, loader)  # the structural loss does not slow the forward pass
+    workers = spec.resources.workers_per_trial
+    gpus = workers * spec.resources.gpus_per_worker
+    loaders = max(spec.data.loader_workers, 1) * workers
+    train_rate = min(step_rate(spec) * workers, loader_rate(spec, train, training=True) * loaders)
+    # the structural loss does not slow the forward pass
+    forward = backbone_rate(spec) * workers * RATES["eval/forward_speedup"].value
+    eval_rate = min(forward, loader_rate(spec, train, training=False) * loaders)
     depth = max(spec.evaluation.depths, default=0)
-    per_eval = selection / eval_rate + selection * depth / RERANK_PAIRS_PER_S
+    pairs = RATES["eval/rerank_pairs_per_s"].value
+    per_eval = selection / eval_rate + selection * depth / pairs
     evaluations = spec.epochs // spec.evaluation.every_n_epochs
-    seconds = (spec.epochs * train / train_rate + evaluations * per_eval
-               + test / eval_rate + test * depth / RERANK_PAIRS_PER_S)
+    seconds = spec.epochs * train / train_rate + evaluations * per_eval + test / eval_rate + test * depth / pairs
     return seconds / 3600.0 * gpus
 
 
@@ -74,7 +134,7 @@ def by_backbone(specs: list[RunSpec], samples: int = 1) -> list[str]:
             hours[spec.model.backbone] += estimate * samples
     if not hours:
         return []
-    lines = ["", "GPU-hours (rough, one H100-class GPU per worker; see pipeline/launch/estimate.py):"]
+    lines = ["", "GPU-hours (rough, one H100/H200-class GPU per worker; measured rates: pipeline/launch/estimate.py):"]
     width = max(len(name) for name in trials)
     for name in trials:
         note = f" ({unknown[name]} not estimated)" if unknown[name] else ""

@@ -14,7 +14,8 @@ from pipeline.specs import OTSpec, RunSpec
 
 
 def build_splits(spec: RunSpec):
-    """Train / val / test splits of ``spec.data`` (val is None without ``data.val_fraction``)."""
+    """Train / val / test splits of ``spec.data`` (val is None without ``data.val_fraction``): uint8 crops or float
+    images (``data.input``); with ``data.decoded_cache_gb`` the training images are decoded once into a cache."""
     from diml.data import build_splits as _build
 
     data = spec.data
@@ -23,9 +24,24 @@ def build_splits(spec: RunSpec):
         options = {"num_classes": data.synthetic.num_classes, "images_per_class": data.synthetic.images_per_class}
     elif data.dataset == "folder":
         options = {"test_fraction": data.test_fraction}
-    return _build(data.dataset, root=data.root, image_size=data.image_size, seed=spec.seed,
-                  val_fraction=data.val_fraction, skip_bad_images=data.skip_bad_images,
-                  augmentation=augmentation(spec), **options)
+    splits = _build(data.dataset, root=data.root, image_size=data.image_size, seed=spec.seed,
+                    val_fraction=data.val_fraction, skip_bad_images=data.skip_bad_images,
+                    augmentation=augmentation(spec), input_format=data.input, **options)
+    if data.decoded_cache_gb > 0:
+        from diml.data.pixel_cache import cache_pixels
+
+        cache_pixels(splits.train, data.decoded_cache_gb * 1e9, threads=max(1, int(spec.resources.cpus_per_worker)))
+    return splits
+
+
+def device_augment(spec: RunSpec):
+    """The :class:`diml.data.device_input.DeviceAugment` of ``data.input: uint8`` (ImageNet normalisation, in the
+    model's memory format), or None for ``float`` input."""
+    if spec.data.input != "uint8":
+        return None
+    from diml.data.device_input import DeviceAugment
+
+    return DeviceAugment(channels_last=spec.model.channels_last)
 
 
 def augmentation(spec: RunSpec):

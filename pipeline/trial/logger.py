@@ -36,6 +36,7 @@ class TrialLogger:
     def __init__(self, ctx, splits=None, pending: list[dict] = ()):
         self.ctx = ctx
         self.seconds = 0.0
+        self.explain_seconds = 0.0  # the explanation figures' time, set by final()
         self.monitor = None
         self.unlogged: list[str] = []  # the parts of the final step that could not be logged
         self.active = ctx.rank == 0 and ctx.run_id is not None and ctx.tracking_uri is not None
@@ -164,6 +165,7 @@ class TrialLogger:
                 logged.append((self._explanations(unwrap_model(module).model, dataset, embeddings, folder),
                                "explanations"))
                 explain_seconds = time.perf_counter() - start
+                self.explain_seconds = explain_seconds
             self._timed_call(tracking.log_artifacts, self.ctx.tracking_uri, self.ctx.run_id, logged)
         self._stop_monitor()
         tracking.log_metrics(self.ctx.tracking_uri, self.ctx.run_id,

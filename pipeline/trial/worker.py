@@ -29,6 +29,7 @@ from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.trial import build
 from pipeline.trial.logger import TrialLogger
 from pipeline.trial.skipped import SkippedImages
+from pipeline.trial.timing import EpochTimes
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_so_far.pt"  # the best epoch so far, in diml's checkpoint format (diml.models.checkpoint)
@@ -100,7 +101,7 @@ def evaluate_split(train_module, dataset, ctx: Context):
     was_training = model.training
     model.eval()
     embeddings = extract_embeddings(model, dataset, batch_size=ctx.spec.evaluation.batch_size, device=ctx.device,
-                                    num_workers=ctx.spec.data.loader_workers)
+                                    num_workers=ctx.spec.data.loader_workers, augment=build.device_augment(ctx.spec))
     model.train(was_training)
     if ctx.rank != 0:
         return None, None
@@ -297,6 +298,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the trial's TorchTrainer; rank 0 returns the final metrics."""
     import ray.train
 
+    from diml.data.device_input import device_batches
     from diml.engine import NonFiniteLossError, train_epoch
 
     quiet_worker_logs()
@@ -322,30 +324,41 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                 logger.metrics({**tracking.evaluation_metrics("init/test", results),
                                 **interpretability(splits.test, embeddings, ctx, "init/test", logger)}, 0)
     sampler, loader = _loader(spec, splits.train, ctx)
+    augment = build.device_augment(spec)
     selection = splits.val if spec.selection_split == "val" else splits.test
+    times = None
     for epoch in range(progress.next_epoch, spec.epochs):
+        times = EpochTimes.start(logger.seconds)
         seed_everything(spec.seed * 100003 + epoch * 101 + ctx.rank)
         sampler.set_epoch(epoch)
+        unreadable: list[int] = []  # data.skip_bad_images: dropped from the batches on the host
+        batches = device_batches(clock.batches(loader, spec.batch.batches_per_epoch), ctx.device, augment,
+                                 skipped=unreadable)
         try:
-            stats = train_epoch(module, clock.batches(loader, spec.batch.batches_per_epoch), optimizer,
-                                epoch=epoch, device=ctx.device, channels_last=spec.model.channels_last)
+            stats = train_epoch(module, batches, optimizer, epoch=epoch, device=ctx.device,
+                                channels_last=spec.model.channels_last)
         except NonFiniteLossError as exc:
             return logger.failed(exc, epoch)
+        times.train_step, times.data_wait = stats.step_seconds, stats.wait_seconds
         if scheduler is not None:
             scheduler.step()
         metrics = {"epoch": epoch, "train/loss": stats.loss, "train/lr": stats.lr,
                    "train/epoch_seconds": stats.seconds,
                    "train/images_per_second": stats.images_per_second * ctx.world_size, **clock.overheads()}
         if (epoch + 1) % spec.evaluation.every_n_epochs == 0 or epoch + 1 == spec.epochs:
-            _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
+            with times.timing("eval"):
+                _evaluate_epoch(module, selection, ctx, epoch, progress, metrics, best)
         if ctx.skipped is not None:  # data.skip_bad_images: this epoch's unreadable images, over every rank
-            metrics.update(ctx.skipped.after_epoch(splits.train, stats.skipped, ctx.world_size))
+            metrics.update(ctx.skipped.after_epoch(splits.train, stats.skipped + tuple(unreadable), ctx.world_size))
             logger.tags(ctx.skipped.new_tags())
         progress.next_epoch = epoch + 1
         metrics["selection_score"] = progress.last_score
         logger.metrics(metrics, epoch)
-        _report(metrics, ctx, module, optimizer, scheduler, progress, best.state, logger.pending)
-    return _finish(module, splits, ctx, progress, best, logger)
+        with times.timing("checkpoint"):
+            _report(metrics, ctx, module, optimizer, scheduler, progress, best.state, logger.pending)
+        if epoch + 1 < spec.epochs:
+            logger.metrics(times.metrics(logger.seconds), epoch)
+    return _finish(module, splits, ctx, progress, best, logger, times)
 
 
 def _evaluate_epoch(module, dataset, ctx: Context, epoch: int, progress: Progress, metrics, best: Best) -> None:
@@ -379,11 +392,14 @@ def _report(metrics, ctx: Context, module, optimizer, scheduler, progress, best_
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger) -> dict[str, Any]:
+def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger, times: EpochTimes | None,
+            ) -> dict[str, Any]:
     """Evaluate the best weights on the test split (unless the best epoch was already scored on test in this
-    process) and log the final metrics and artifacts."""
+    process) and log the final metrics and artifacts; this final phase ends the last epoch's ``times``."""
     import ray.train
 
+    times = times if times is not None else EpochTimes.start(logger.seconds)  # restored after the last epoch
+    eval_start = time.perf_counter()
     if best.state is not None:
         unwrapped = unwrap_model(module)
         unwrapped.model.load_state_dict(best.state["model"])
@@ -397,12 +413,15 @@ def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger
         final = {} if ctx.rank else {k.replace("test/", "best/test/", 1): v
                                      for k, v in tracking.evaluation_metrics("test", test_results).items()}
     final.update(interpretability(splits.test, test_embeddings, ctx, "best/test", logger))
+    times.eval += time.perf_counter() - eval_start
     final["best/epoch"] = progress.best_epoch
     final["best/selection_score"] = progress.best_score
     final["selection_score"] = progress.best_score
     if ctx.skipped is not None and ctx.rank == 0:
         final.update(ctx.skipped.metrics())
     logger.final(final, module, splits, progress.best_epoch, test_embeddings)
+    times.explanations += logger.explain_seconds
+    logger.metrics(times.metrics(logger.seconds), max(ctx.spec.epochs - 1, 0))
     ray.train.report(final, checkpoint=None)
     if ctx.rank != 0:
         return {"status": "ok"}

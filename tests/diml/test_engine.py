@@ -71,3 +71,53 @@ def test_unreadable_images_are_dropped_from_their_batch_and_listed():
     with pytest.raises(ValueError, match=r"every image of a training batch was unreadable \(dataset indices \[3, 4\]"):
         train_epoch(module, [(images[:2], torch.tensor([skipped_label(3), skipped_label(4)]))],
                     torch.optim.SGD(module.parameters(), lr=0.05), epoch=1, device=torch.device("cpu"))
+
+
+def test_step_and_wait_split_the_epoch_on_the_host_clock():
+    import time
+
+    def slow_batches():
+        for images, labels in _batches(3):
+            time.sleep(0.05)  # a slow loader
+            yield images, labels
+
+    module = TrainModule(TinyModel(), PullTogether())
+    opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    stats = train_epoch(module, slow_batches(), opt, epoch=0, device=torch.device("cpu"))
+    assert stats.wait_seconds >= 0.15 and stats.step_seconds > 0
+    assert stats.step_seconds + stats.wait_seconds <= stats.seconds
+
+
+def test_step_clock_on_cuda_records_events_and_never_syncs_per_step(monkeypatch):
+    """The CUDA branch with fake events (this machine has no GPU): two events per step on the current stream,
+    no torch.cuda.synchronize and no event query until read()."""
+    import time
+
+    from diml.engine import StepClock
+
+    calls = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = time.perf_counter()
+            calls.append("record")
+
+        def elapsed_time(self, other):
+            calls.append("elapsed")
+            return (other.at - self.at) * 1000.0
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+    clock = StepClock(torch.device("cuda"))
+    for _ in range(3):
+        time.sleep(0.01)
+        clock.step_started()
+        time.sleep(0.02)
+        clock.step_ended()
+    assert calls == ["record"] * 7
+    step, wait = clock.read()
+    assert 0.06 <= step < 0.5 and 0.03 <= wait < 0.5

@@ -154,3 +154,20 @@ def test_the_same_spec_and_seed_give_identical_metrics(tiny_grid, tmp_path):
     ours, theirs = _results(first_client, before), _results(again_client, after)
     assert "train/loss" in ours and "best/test/diml_K5/R_at_1" in ours and "init/test/global/R_at_1" in ours
     assert theirs == ours
+
+def test_time_split_logged_every_epoch_and_within_the_epoch(tiny_grid):
+    """Issue 26: every part of the time split at every epoch's step, adding up to no more than the epoch."""
+    from pipeline.trial.timing import EPOCH_KEY, PARTS, metric_key
+
+    c, _, _, children = _runs(tiny_grid)
+    for run in children:
+        epochs = {m.step: m.value for m in c.get_metric_history(run.info.run_id, EPOCH_KEY)}
+        assert sorted(epochs) == [0]  # the tiny grid trains one epoch
+        for step, wall in epochs.items():
+            parts = {}
+            for part in PARTS:
+                history = {m.step: m.value for m in c.get_metric_history(run.info.run_id, metric_key(part))}
+                parts[part] = history[step]
+            assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= wall, (parts, wall)
+            assert parts["train_step"] > 0 and parts["eval"] > 0 and parts["tracking"] > 0
+            assert parts["explanations"] > 0  # the last epoch holds the final phase, figures included

@@ -83,6 +83,10 @@ CATALOGUE = [
      "resources.worker_resources: 'a b' is not a Ray resource name"),
     ("zero worker resource", _with("resources", {"worker_resources": {"trialnode": 0}}),
      "resources.worker_resources.trialnode: 0.0 must be > 0"),
+    ("unknown input format", _with("data", {"dataset": "synthetic", "input": "half"}),
+     "data.input: Input should be 'uint8' or 'float'"),
+    ("decoded cache of float input", _with("data", {"dataset": "synthetic", "input": "float", "decoded_cache_gb": 2}),
+     "data.decoded_cache_gb needs data.input: uint8"),
 ]
 
 

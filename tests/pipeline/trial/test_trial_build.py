@@ -56,11 +56,13 @@ def _folder(root):
 @pytest.mark.parametrize("dataset,write", [("cub200", _cub), ("cars196", _cars), ("sop", _sop), ("folder", _folder)])
 def test_every_dataset_through_a_spec(tmp_path, dataset, write):
     expected = write(tmp_path)
-    spec = build_study({**BASE, "data": {"dataset": dataset, "root": str(tmp_path), "image_size": 32}}).trials[0].spec
-    splits = build.build_splits(spec)
-    assert (splits.train.num_classes, splits.test.num_classes) == (expected["train"], expected["test"])
-    image, label = splits.test[0]
-    assert image.shape == (3, 32, 32) and 0 <= label < expected["test"]
+    for input_format in ("uint8", "float"):  # uint8 crops (the default) or normalised float images
+        data = {"dataset": dataset, "root": str(tmp_path), "image_size": 32, "input": input_format}
+        splits = build.build_splits(build_study({**BASE, "data": data}).trials[0].spec)
+        assert (splits.train.num_classes, splits.test.num_classes) == (expected["train"], expected["test"])
+        image, label = splits.test[0]
+        shape = image.pixels.shape if input_format == "uint8" else image.shape
+        assert shape == ((32, 32, 3) if input_format == "uint8" else (3, 32, 32)) and 0 <= label < expected["test"]
 
 
 def test_synthetic_spec_options_reach_the_dataset():
@@ -125,3 +127,17 @@ def test_training_ot_defaults_are_what_the_training_benchmark_measures():
     spec_eval = build_study(BASE).trials[0].spec
     assert build.evaluation_options(spec_eval)["ot"] == OTOptions(eps=0.05, marginals="cross_attention", max_iter=200,
                                                                   tol=1e-6, check_every=5, newton_steps=30)
+
+
+def test_decoded_cache_and_device_augment_follow_the_spec():
+    data = {"dataset": "synthetic", "image_size": 32, "decoded_cache_gb": 0.001,  # 1 MB of 3,072-byte images
+            "synthetic": {"num_classes": 8, "images_per_class": 100}}
+    spec = build_study({**BASE, "data": data, "model": {**BASE.get("model", {}), "channels_last": True}}).trials[0].spec
+    splits = build.build_splits(spec)
+    cache = splits.train.pixel_cache
+    assert len(cache) == 1_000_000 // (32 * 32 * 3) < len(splits.train) == 400  # the budget holds; the rest decoded
+    assert splits.test.__dict__.get("pixel_cache") is None  # only the training split is cached
+    augment = build.device_augment(spec)
+    assert augment.channels_last
+    float_spec = build_study({**BASE, "data": {**data, "input": "float", "decoded_cache_gb": 0}}).trials[0].spec
+    assert build.device_augment(float_spec) is None

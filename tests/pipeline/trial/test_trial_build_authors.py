@@ -84,12 +84,15 @@ def test_weights_are_validated_by_name_without_downloading():
 
 
 def test_augmentation_section_is_validated_and_reaches_the_data():
-    spec = _spec(data={"augmentation": {"crop_scale": [0.8, 1.0], "flip": False}})
+    spec = _spec(data={"augmentation": {"crop_scale": [0.8, 1.0], "flip": False}, "input": "float"})
     train = build.build_splits(spec).train.transform
     names = [type(t).__name__ for t in train.transforms]
     assert train.transforms[0].scale == (0.8, 1.0) and "RandomHorizontalFlip" not in names
-    default = build.build_splits(_spec()).train.transform.transforms[0]
+    default = build.build_splits(_spec(data={"input": "float"})).train.transform.transforms[0]
     assert build.augmentation(_spec()).crop_scale is None and default.scale == (0.5, 1.0)  # synthetic's default
+    uint8 = build.build_splits(_spec(data={"augmentation": {"crop_scale": [0.8, 1.0], "flip": False}}))
+    assert uint8.train.transform.augmentation.crop_scale == (0.8, 1.0) and not uint8.train.transform.augmentation.flip
+    assert build.build_splits(_spec()).train.transform.augmentation.crop_scale == (0.5, 1.0)  # the uint8 default
     with pytest.raises(SpecError, match="data.augmentation: .*crop_scale must satisfy 0 < low <= high <= 1"):
         _spec(data={"augmentation": {"crop_scale": [0.9, 0.2]}})
     with pytest.raises(SpecError, match="data.augmentation.mirror: unknown key|'mirror' is not a spec field"):
