@@ -10,6 +10,10 @@
 - Labels: a results table shows the result keys (``diml@100 R@1``); the paper-style report writes the re-ranked
   rankings ``DIML@100``.
 
+- Correspondence (interpretability) metrics of :func:`diml.evaluation.correspondence_metrics`: flat result keys
+  ``<method>/<metric>`` (``"ot_argmax/PCK@0.1"``, ``"ot_mean/part/beak/cell_acc"``, ``"num_keypoints"``), tracked
+  under the group ``interp``: :func:`interp_key` gives ``test/interp/ot_argmax/PCK_at_0.1``.
+
 Re-exported as :mod:`diml.evaluation.names`.  This module imports no torch: the pipeline's tables and reports read
 MLflow with it in processes that never load a model.
 """
@@ -110,3 +114,88 @@ def check_selection_metric(value: str) -> str:
             f"{tracked_name(RECALL)}<k>"
         )
     return value
+
+
+# ------------------------------------------------------------------ correspondence (interpretability) metrics
+INTERP = "interp"
+"""Group of the correspondence metrics in tracked names: ``test/interp/ot_argmax/PCK_at_0.1``."""
+
+OT = "ot"
+"""The model's matching plan (the given :class:`~diml.ot.OTOptions`, cross-attention marginals by default)."""
+UNIFORM_OT = "uniform_ot"
+"""Baseline: the OT plan with uniform marginals (no cross-attention)."""
+ARGMAX = "argmax"
+"""Transfer rule: the reference cell that receives most of the keypoint cell's mass (its centre)."""
+MEAN = "mean"
+"""Transfer rule: the mass-weighted mean of the reference cells' centres (barycentric map)."""
+NEAREST_COSINE = "nearest_cosine"
+"""Baseline: the reference cell most cosine-similar to the query cell (no transport)."""
+IDENTITY = "identity"
+"""Baseline: the same position in the reference (no matching)."""
+GRID_CEILING = "grid_ceiling"
+"""The grid's limit: the true keypoint snapped to its own cell's centre."""
+
+PCK = "PCK@"
+"""Prefix of PCK with L = the image side: ``"PCK@0.1"``."""
+PCK_BBOX = "PCK_bbox@"
+"""Prefix of PCK with L = max(width, height) of the target's box (SPair-71k): ``"PCK_bbox@0.1"``."""
+CELL_ACCURACY = "cell_acc"
+"""Share of keypoints whose predicted cell is the cell of the true keypoint."""
+UNTRANSFERRED = "untransferred"
+"""Share of keypoints a plan cannot carry: their query cell has no mass (counted as wrong in every other metric)."""
+PART = "part"
+"""Per-part results: ``"<method>/part/<part name>/<metric>"``."""
+NUM_PAIRS = "num_pairs"
+"""Unordered image pairs sampled (each scored in both directions)."""
+NUM_ELIGIBLE_PAIRS = "num_eligible_pairs"
+"""Unordered same-class pairs with at least one part visible in both images, before sampling."""
+NUM_DIRECTED_PAIRS = "num_directed_pairs"
+"""(query, reference) pairs with at least one keypoint scored."""
+NUM_KEYPOINTS = "num_keypoints"
+"""Keypoint transfers scored (visible in both images, both directions)."""
+SEED = "seed"
+IMAGE_SIZE = "image_size"
+"""The side S of the evaluation crop: L of every ``PCK@`` metric."""
+GRID = "grid"
+
+PLAN_METHODS = (OT, UNIFORM_OT)
+"""Plans whose keypoints are carried by both rules: ``ot_argmax``, ``ot_mean``, ``uniform_ot_argmax``, ..."""
+
+_PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}")
+
+
+def transfer_method(plan: str, rule: str) -> str:
+    """The method name of a plan and a transfer rule: ``("ot", "argmax")`` -> ``"ot_argmax"``."""
+    return f"{plan}_{rule}"
+
+
+def pck_name(alpha: float, *, bbox: bool = False) -> str:
+    """The result key of PCK at ``alpha``: ``"PCK@0.1"`` (L = image side) or ``"PCK_bbox@0.1"`` (L = box side)."""
+    return f"{PCK_BBOX if bbox else PCK}{alpha:g}"
+
+
+def interp_name(method: str, metric: str, part: str | None = None) -> str:
+    """A correspondence result key: ``"ot_argmax/PCK@0.1"``, or per part ``"ot_argmax/part/beak/PCK@0.1"``."""
+    return f"{method}/{metric}" if part is None else f"{method}/{PART}/{part}/{metric}"
+
+
+def part_count_name(part: str) -> str:
+    """The key of the number of keypoints of one part scored: ``"part/beak/num_keypoints"``."""
+    return f"{PART}/{part}/{NUM_KEYPOINTS}"
+
+
+def interp_key(split: str, name: str) -> str:
+    """The tracked name of a correspondence result key on ``split``: ``("test", "ot_argmax/PCK@0.1")`` ->
+    ``"test/interp/ot_argmax/PCK_at_0.1"``."""
+    return f"{split}/{INTERP}/{tracked_name(name)}"
+
+
+def check_part_name(name) -> str:
+    """A part name fit for result keys and MLflow: 1-64 ASCII letters, digits, spaces, ``_ . -``, starting with a
+    letter or digit, and no ``_at_`` or ``diml_K`` (which :func:`result_name` would read as ``@`` and ``diml@``);
+    returns it."""
+    if not isinstance(name, str) or not _PART_NAME.fullmatch(name) or result_name(name) != name:
+        raise ValueError(f"part_names entry {name!r} must be 1-64 ASCII letters, digits, spaces, '_', '.', '-' "
+                         "starting with a letter or digit, without '_at_' or 'diml_K' (e.g. 'left eye'): rename the "
+                         "part")
+    return name

@@ -1,6 +1,7 @@
-"""diml.names: the result keys of evaluate(), their tracked (MLflow) names and display labels, written out
-by hand here as the reference."""
+"""diml.names: the result keys of evaluate() and correspondence_metrics(), their tracked (MLflow) names and display
+labels, written out by hand here as the reference."""
 
+import posixpath
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from diml import names
-from diml.evaluation import evaluate
+from diml.evaluation import correspondence_metrics, evaluate
 
 # MLflow 3.17's rule for metric names (mlflow/utils/validation.py: validate_param_and_metric_name, POSIX form)
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")
@@ -66,3 +67,36 @@ def test_the_names_and_the_ot_options_import_without_torch():
     code = "import sys, diml.names, diml.options; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_correspondence_result_key_is_an_mlflow_name_under_interp_that_maps_back():
+    gen = torch.Generator().manual_seed(0)
+    keypoints = torch.rand(12, 3, 3, generator=gen) * 224
+    keypoints[..., 2] = 1.0
+    boxes = torch.tensor([[10.0, 20.0, 200.0, 180.0]]).expand(12, 4)
+    results = correspondence_metrics(torch.randn(12, 8, 16, generator=gen), torch.randn(12, 8, generator=gen),
+                                     torch.arange(12) % 3, keypoints, grid=4, image_size=224,
+                                     part_names=["left eye", "beak", "tail-tip.2"], boxes=boxes)
+    methods = ("ot_argmax", "ot_mean", "uniform_ot_argmax", "uniform_ot_mean", "nearest_cosine", "identity",
+               "grid_ceiling")
+    assert {f"{m}/{metric}" for m in methods for metric in ("PCK@0.05", "PCK@0.1", "PCK@0.2", "PCK_bbox@0.1",
+                                                             "cell_acc")} <= set(results)
+    assert {"ot_mean/part/left eye/PCK@0.1", "grid_ceiling/part/tail-tip.2/cell_acc", "part/beak/num_keypoints",
+            "uniform_ot_mean/untransferred", "num_pairs", "num_keypoints", "seed"} <= set(results)
+    assert names.interp_key("test", "ot_argmax/PCK@0.1") == "test/interp/ot_argmax/PCK_at_0.1"
+    for key in results:
+        tracked = names.interp_key("test", key)
+        assert MLFLOW_NAME.match(tracked) and "@" not in tracked and posixpath.normpath(tracked) == tracked, tracked
+        assert names.result_name(tracked.removeprefix("test/interp/")) == key
+
+
+@pytest.mark.parametrize("part", ["left eye", "beak", "tail-tip.2", "P_1"])
+def test_part_names_fit_for_mlflow_pass(part):
+    assert names.check_part_name(part) == part
+
+
+@pytest.mark.parametrize("part", ["", " eye", "left/eye", "eye@1", "seat_at_front", "x_diml_K3", "é", "a\n", 3,
+                                  "x" * 65])
+def test_other_part_names_raise_naming_the_fix(part):
+    with pytest.raises(ValueError, match=r"part_names entry .* must be 1-64 ASCII letters, .*: rename the part"):
+        names.check_part_name(part)
