@@ -199,3 +199,23 @@ def check_part_name(name) -> str:
                          "starting with a letter or digit, without '_at_' or 'diml_K' (e.g. 'left eye'): rename the "
                          "part")
     return name
+
+
+INTERP_SHOWN = ((transfer_method(OT, ARGMAX), CELL_ACCURACY), (transfer_method(OT, MEAN), pck_name(0.1)))
+"""The correspondence results that tables and the runs view show first, as ``(method, metric)``: the share of
+keypoints whose argmax cell is the part's cell, and PCK@0.1 of the barycentric transfer (L = the image side)."""
+
+INTERP_REPORTED = (transfer_method(OT, ARGMAX), transfer_method(OT, MEAN), transfer_method(UNIFORM_OT, ARGMAX),
+                   transfer_method(UNIFORM_OT, MEAN), NEAREST_COSINE, IDENTITY, GRID_CEILING)
+"""The methods of the paper-style report's part-correspondence table: the model's flow, then the baselines and
+the ceiling, in that order."""
+
+
+def interp_label(method: str, metric: str) -> str:
+    """A short column label: ``("ot_argmax", "cell_acc")`` -> ``"flow argmax cell acc"``."""
+    shown = {OT: "flow", UNIFORM_OT: "uniform-OT", NEAREST_COSINE: "nearest-cos", IDENTITY: "identity",
+             GRID_CEILING: "ceiling"}
+    for plan in PLAN_METHODS:
+        for rule in (ARGMAX, MEAN):
+            shown[transfer_method(plan, rule)] = f"{shown[plan]} {rule}"
+    return f"{shown.get(method, method)} {metric.replace('_', ' ')}"

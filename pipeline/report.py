@@ -23,7 +23,11 @@ from pipeline import tracking
 METRICS = tuple((label, names.tracked_name(label)) for label in names.SHOWN_METRICS)  # (label, tracked name)
 R1 = names.recall_key(1)
 GAIN = (f"gain {R1}", f"gain {names.tracked_name(R1)}")  # (label, column): a re-ranking's R@1 minus global R@1
-GROUP_TAGS = ("dataset", "loss_variant", "backbone", "similarity")
+GROUP_TAGS = ("dataset", "loss_variant", "backbone", "grid", "similarity")
+# The part-correspondence table (issue 25): per method of names.INTERP_REPORTED, these metrics; "untrained" is the
+# model's own flow before training (init/test/...), on the same pairs.
+INTERP_METRICS = (names.CELL_ACCURACY, names.pck_name(0.1))
+UNTRAINED = "untrained"
 
 
 @dataclass
@@ -34,7 +38,8 @@ class Report:
     hardware: dict[str, str] = field(default_factory=dict)  # label (A, B, ...) -> the env.hardware it stands for
 
     def markdown(self) -> str:
-        header = ["dataset", "loss", "backbone", "training", "seeds"] + (["hardware"] if len(self.hardware) > 1 else [])
+        header = ["dataset", "loss", "backbone", "grid", "training", "seeds"] + (
+            ["hardware"] if len(self.hardware) > 1 else [])
         for ranking in self.rankings:
             label = _label(ranking)
             header += [f"{label} {m}" for m, _ in METRICS]
@@ -42,15 +47,43 @@ class Report:
                 header.append(f"{label} {GAIN[0]}")
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for _, row in self.frame.iterrows():
-            cells = [row["dataset"], row["loss_variant"], row["backbone"], row["similarity"], str(row["seeds"])]
-            if len(self.hardware) > 1:
-                cells.append(row["hardware"])
+            cells = _group_cells(row) + ([row["hardware"]] if len(self.hardware) > 1 else [])
             for ranking in self.rankings:
                 cells += [_pm(row, f"{ranking}/{m}") for m, _ in METRICS]
                 if ranking != names.GLOBAL:
                     cells.append(_pm(row, f"{ranking}/{GAIN[0]}", signed=True))
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + f"\n\n{self.caption}\n"
+        return "\n".join(lines) + f"\n\n{self.caption}\n" + self.interpretability_markdown()
+
+    def interpretability_markdown(self) -> str:
+        """The part-correspondence table: per group, each method's cell accuracy / PCK@0.1 (mean ± std over seeds),
+        the untrained model's flow first; empty when no trial measured it."""
+        methods = [m for m in (UNTRAINED, *names.INTERP_REPORTED)
+                   if any(f"interp/{m}/{k} mean" in self.frame for k in INTERP_METRICS)]
+        if not methods or len(methods) == 1 and methods[0] == UNTRAINED:
+            return ""
+        label = lambda m: "untrained flow argmax" if m == UNTRAINED else names.interp_label(m, "").strip()  # noqa: E731
+        header = ["dataset", "loss", "backbone", "grid", "training", "seeds"] + [label(m) for m in methods]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for _, row in self.frame.iterrows():
+            cells = _group_cells(row) + [" / ".join(_pm(row, f"interp/{m}/{k}") for k in INTERP_METRICS)
+                                         for m in methods]
+            lines.append("| " + " | ".join(cells) + " |")
+        caption = ("Part correspondence on the test split (issue 25, docs/INTERPRETABILITY.md): each cell is "
+                   f"{' / '.join(INTERP_METRICS)} in percent, mean ± std over seeds. A keypoint visible in both images "
+                   "of a same-class pair is carried from its query cell through the plan: argmax = the reference "
+                   "cell that receives most of its mass, mean = the mass-weighted mean of the reference cells' "
+                   "centres; cell acc = the predicted cell holds the true keypoint; PCK@0.1 = within 0.1 x the image "
+                   "side. flow = the model's OT plan (cross-attention marginals); uniform-OT = the plan with "
+                   "uniform marginals; nearest-cos = the most cosine-similar reference cell; identity = the same "
+                   "position; ceiling = the true keypoint snapped to its cell's centre; untrained = the flow of "
+                   "the same network before training.")
+        return "\n### Part correspondence\n\n" + "\n".join(lines) + f"\n\n{caption}\n"
+
+
+def _group_cells(row) -> list[str]:
+    return [row["dataset"], row["loss_variant"], row["backbone"], str(row["grid"]), row["similarity"],
+            str(row["seeds"])]
 
 
 def _label(ranking: str) -> str:
@@ -72,6 +105,7 @@ def _trial_records(runs) -> list[dict]:
         if tags.get(tracking.TAG_ROLE) != "trial" or run.info.status != "FINISHED":
             continue
         record = {key: tags.get(key, tags.get("loss", "?") if key == "loss_variant" else "?") for key in GROUP_TAGS}
+        record["grid"] = tags.get("grid") or getattr(run.data, "params", {}).get("model.grid", "?")
         record.update(seed=tags.get("seed", "0"), selection=tags.get("selection_split", "?"),
                       convention=tags.get("r_convention", "?"), run_id=run.info.run_id,
                       hardware=_hardware_line(tags))
@@ -79,6 +113,15 @@ def _trial_records(runs) -> list[dict]:
             if key.startswith("best/test/") and key.count("/") == 3:
                 _, _, ranking, metric = key.split("/")
                 record[f"{ranking}/{metric}"] = value
+        for method in names.INTERP_REPORTED:
+            for metric in INTERP_METRICS:
+                key = names.interp_key("best/test", names.interp_name(method, metric))
+                if key in metrics:
+                    record[f"interp/{method}/{metric}"] = metrics[key]
+        for metric in INTERP_METRICS:
+            key = names.interp_key("init/test", names.interp_name(names.transfer_method(names.OT, names.ARGMAX), metric))
+            if key in metrics:
+                record[f"interp/{UNTRAINED}/{metric}"] = metrics[key]
         records.append(record)
     return records
 
@@ -124,6 +167,11 @@ def build_report(runs) -> Report:
                 values = group[f"{ranking}/{stored}"].astype(float).to_numpy()
                 row[f"{ranking}/{shown} mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
                 row[f"{ranking}/{shown} std"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else math.nan
+        for column in (c for c in frame.columns if c.startswith("interp/")):
+            values = group[column].astype(float).to_numpy()
+            finite = np.isfinite(values)
+            row[f"{column} mean"] = float(values[finite].mean()) if finite.any() else math.nan
+            row[f"{column} std"] = float(values[finite].std(ddof=1)) if finite.sum() > 1 else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     conventions = ", ".join(sorted(set(frame["convention"])))

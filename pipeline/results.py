@@ -10,6 +10,8 @@ from pipeline import tracking
 
 SHOWN = tuple((label, names.tracked_name(label)) for label in names.SHOWN_METRICS)  # (label, tracked name)
 UNTRAINED_R1 = names.metric_key("init/test", names.GLOBAL, names.recall_key(1))
+INTERP = tuple((names.interp_label(method, metric), names.interp_key("best/test", names.interp_name(method, metric)))
+               for method, metric in names.INTERP_SHOWN)  # (label, tracked name) of the part correspondence
 
 
 @dataclass
@@ -39,6 +41,8 @@ class ResultsTable:
         has_init = any(UNTRAINED_R1 in r.metrics for r in self.rows)
         if has_init:
             header.append(f"untrained {names.recall_key(1)}")
+        interp = [(label, key) for label, key in INTERP if any(key in r.metrics for r in self.rows)]
+        header += [label for label, _ in interp]
         body = []
         for row in self.rows:
             cells = [row.name, row.tags.get("loss", "?"), row.tags.get("similarity", "?"), row.status]
@@ -46,6 +50,7 @@ class ResultsTable:
                 cells += [_fmt(row.value(ranking, key)) for _, key in SHOWN]
             if has_init:
                 cells.append(_fmt(row.metrics.get(UNTRAINED_R1, math.nan)))
+            cells += [_fmt(row.metrics.get(key, math.nan)) for _, key in interp]
             body.append(cells)
         widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body]]

@@ -147,9 +147,11 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
 
 # ------------------------------------------------------------------------------------------- the UI's runs view
 def headline_metrics(depth: int) -> list[str]:
-    """The final test metrics a user compares trials on: global and DIML@``depth`` R@1, RP and MAP@R."""
+    """The final test metrics a user compares trials on: global and DIML@``depth`` R@1, RP and MAP@R, then how often
+    the matching flow puts a part on the same part (:data:`diml.names.INTERP_SHOWN`; data with part annotations)."""
     return [names.metric_key("best/test", ranking, metric) for ranking in (names.GLOBAL, names.ranking_name(depth))
-            for metric in names.SHOWN_METRICS]
+            for metric in names.SHOWN_METRICS] + [names.interp_key("best/test", names.interp_name(method, metric))
+                                                  for method, metric in names.INTERP_SHOWN]
 
 
 def runs_view(depth: int) -> dict[str, Any]:
@@ -312,7 +314,7 @@ def ensure_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id:
 def trial_tags(spec) -> dict[str, str]:
     """The tags the MLflow UI filters on: dataset, loss, backbone, similarity (global / diml), seed."""
     return {"dataset": spec.data.dataset, "loss": spec.loss.name, "loss_variant": loss_variant(spec),
-            "backbone": spec.model.backbone,
+            "backbone": spec.model.backbone, "grid": str(spec.model.grid),
             "similarity": spec.loss.similarity, "seed": str(spec.seed),
             "selection_split": spec.selection_split,
             "r_convention": "paper (R counts the query)" if spec.evaluation.r_includes_query else

@@ -4,13 +4,16 @@ Top: the query (left) and the reference (right) side by side with the grid drawn
 (width and opacity by the transport mass ``T_ij``, colour by the cell similarity ``S_ij`` on the range present, see
 :func:`similarity_norm`), the ``top`` largest contributions numbered at both ends. Bottom: each image with its cell
 weights overlaid as a heat map (one colour scale for both, the weights written in percent), and a bar chart of the
-top part contributions ``T_ij * S_ij`` with their share of the total.
+top part contributions ``T_ij * S_ij`` with their share of the total. With part annotations (:class:`PartMarks`):
+each part's annotated keypoint as a circle on both images and, on the reference, where the plan carries the query's
+keypoint (a cross: the mass-weighted mean of the reference cells' centres), one colour per part.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib import cm, colormaps, colors
@@ -25,6 +28,38 @@ HEAT_CMAP = "magma"
 GAP = 0.12  # horizontal gap between the two images, in image widths
 MIN_MASS = 0.02  # pairs carrying less than this fraction of the largest T_ij are not drawn
 FLOW_SIZE = (1100, 850)
+
+
+class PartMarks(NamedTuple):
+    """Part keypoints to draw on a flow figure, in the ``image_size`` x ``image_size`` crop the model saw.
+
+    ``query``, ``ref``: ``(P, 3)`` annotated ``(x, y, visible)``; ``transferred``: ``(P, 2)`` the query's keypoints
+    carried to the reference through the plan (drawn where the query's part is visible); ``names``: ``P`` part names.
+    """
+
+    query: np.ndarray
+    ref: np.ndarray
+    transferred: np.ndarray
+    names: list[str]
+    image_size: float
+
+
+def draw_parts(ax, marks: PartMarks, *, origin: tuple[float, float] = (0.0, 0.0), scale: float = 1.0) -> None:
+    """Circles at the annotated keypoints of both images, crosses at the transferred ones (colours by part)."""
+    right = (origin[0] + (1.0 + GAP) * scale, origin[1])
+    palette = colormaps["tab20"] if len(marks.names) > 10 else colormaps["tab10"]
+    unit = scale / marks.image_size
+    for part in range(len(marks.names)):
+        colour = palette(part % palette.N)
+        for (x0, y0), points in ((origin, marks.query), (right, marks.ref)):
+            if points[part, 2] > 0:
+                ax.plot(x0 + unit * points[part, 0], y0 + unit * points[part, 1], "o", ms=6, mfc=colour, mec="white",
+                        mew=1.0)
+        if marks.query[part, 2] > 0:
+            ax.plot(right[0] + unit * marks.transferred[part, 0], right[1] + unit * marks.transferred[part, 1], "X",
+                    ms=8, mfc=colour, mec="black", mew=0.8)
+    ax.text(origin[0], origin[1] + scale * 1.03, "o annotated part   X the query's part carried through the plan "
+            "(mass-weighted mean of the reference cells)", fontsize=7, va="top")
 
 
 def figure_of_size(size: tuple[int, int], dpi: int) -> Figure:
@@ -167,6 +202,7 @@ def plot_matching_flow(
     top: int | None = None,
     size: tuple[int, int] = FLOW_SIZE,
     dpi: int = 100,
+    parts: PartMarks | None = None,
 ) -> pathlib.Path:
     """Write the matching-flow figure of ``explanation`` (see the module docstring) as a ``size`` PNG.
 
@@ -176,6 +212,7 @@ def plot_matching_flow(
         path: the PNG to write.
         top: pairs numbered and shown in the bar chart (default: all of ``explanation.top_pairs``).
         size: ``(width, height)`` in pixels; dpi: resolution (fonts scale with it).
+        parts: part keypoints to draw on the flow (:class:`PartMarks`), or None.
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -185,6 +222,8 @@ def plot_matching_flow(
                             wspace=0.45, hspace=0.15)
     flow_ax = fig.add_subplot(spec[0, :])
     draw_flow(flow_ax, explanation, query_image, ref_image, top=top)
+    if parts is not None:
+        draw_parts(flow_ax, parts)
     flow_ax.set_xlim(0.0, 2.0 + GAP)
     flow_ax.set_ylim(1.0, 0.0)
     flow_ax.set_aspect("equal")

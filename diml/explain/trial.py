@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diml.explain.flow import plot_matching_flow
+from diml.explain.flow import PartMarks, plot_matching_flow
 from diml.distributed import unwrap_model
 from diml.explain.page import index_html
 from diml.explain.panel import plot_retrieval_panel
@@ -64,6 +64,26 @@ def _query_record(ranking: QueryRanking, labels: np.ndarray, query_id: str) -> d
             "before": [_item_record(i, labels, label) for i in ranking.before],
             "after": [_item_record(i, labels, label) for i in ranking.after],
             "top_match": ranking.after[0].explanation.to_dict()}
+
+
+def _part_marks(dataset, query: int, ref: int, plan: np.ndarray, grid: int) -> PartMarks | None:
+    """The annotated keypoints of both images and the query's carried through ``plan (R, R)`` (the mass-weighted mean
+    rule of :func:`diml.evaluation.transfer_keypoints`), or None when the split has no part annotations."""
+    if getattr(dataset, "part_names", None) is None or getattr(dataset, "keypoint_image_size", None) is None:
+        return None
+    from diml.evaluation.keypoint_transfer import transfer_keypoints
+
+    keypoints = dataset.keypoints()
+    size = float(dataset.keypoint_image_size)
+    moved = transfer_keypoints(torch.as_tensor(plan, dtype=torch.float64)[None],
+                               torch.as_tensor(keypoints[query], dtype=torch.float64)[None], grid=grid, image_size=size)
+    return PartMarks(keypoints[query], keypoints[ref], moved.mean_point[0].numpy(), list(dataset.part_names), size)
+
+
+def _parts_record(marks: PartMarks) -> list[dict[str, Any]]:
+    return [{"part": name, "query": [float(v) for v in marks.query[k]], "reference": [float(v) for v in marks.ref[k]],
+             "transferred": [float(v) for v in marks.transferred[k]] if marks.query[k, 2] > 0 else None}
+            for k, name in enumerate(marks.names)]
 
 
 def _check_inputs(model, dataset, embeddings, n_queries: int) -> tuple[int, np.ndarray]:
@@ -128,9 +148,12 @@ def write_trial_explanations(
         best = ranking.after[0]
         panel = plot_retrieval_panel(ranking, query_image, dataset.load_image, out / f"{stem}_retrieval.png",
                                      relevant=relevant)
+        marks = _part_marks(dataset, query, best.index, best.explanation.plan, grid)
         flow = plot_matching_flow(best.explanation, query_image, dataset.load_image(best.index),
-                                  out / f"{stem}_flow.png")
+                                  out / f"{stem}_flow.png", parts=marks)
         record = _query_record(ranking, labels, ids[query])
+        if marks is not None:
+            record["top_match"]["parts"] = _parts_record(marks)
         record_path = out / f"{stem}.json"
         record_path.write_text(json.dumps(record, indent=1))
         written += [panel, flow, record_path]

@@ -49,7 +49,7 @@ def test_apply_determinism_switches_pytorch_and_cudnn(monkeypatch):
 
 def _run(seed: str, similarity: str, r1: float, hardware: str | None):
     tags = {"diml.role": "trial", "dataset": "synthetic", "loss": "margin", "loss_variant": "margin",
-            "backbone": "resnet18", "similarity": similarity, "seed": seed, "selection_split": "test",
+            "backbone": "resnet18", "grid": "4", "similarity": similarity, "seed": seed, "selection_split": "test",
             "r_convention": "PML (R excludes the query)"}
     if hardware:
         tags.update({"env.hardware": hardware, "env.torch": "2.14.1", "env.cuda": "none"})
@@ -73,7 +73,7 @@ def test_report_flags_a_row_that_mixes_hardware():
     text = report.markdown()
     header, _, *rows = text.splitlines()[:4]
     assert "| hardware |" in header
-    cells = {row.split("|")[4].strip(): row.split("|")[6].strip() for row in rows}
+    cells = {row.split("|")[5].strip(): row.split("|")[7].strip() for row in rows}
     assert cells == {"diml": "B+C", "global": "A+B"}
     assert "**A** = AMD EPYC (AVX512); torch 2.14.1" in text and "**C** = not recorded" in text
     assert "Warning: 2 row(s) average trials run on different hardware" in text
