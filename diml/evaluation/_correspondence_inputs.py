@@ -107,17 +107,17 @@ def check_keypoints(value, name: str, *, n: int, image_size: float, device, part
 
 
 def check_boxes(value, name: str, *, n: int, device) -> torch.Tensor:
-    """``(N, 4)`` ``(x0, y0, x1, y1)``, finite, ``x1 >= x0``, ``y1 >= y0`` and a positive longer side; float64."""
+    """``(N, 4)`` ``(x0, y0, x1, y1)``, finite, ``x1 >= x0`` and ``y1 >= y0``; float64.  An empty box is allowed (an
+    object clipped out of the crop: such an image has no visible keypoint to be a target; if it had, its
+    ``PCK_bbox`` threshold would be 0)."""
     boxes = _real(value, name, "(N, 4)")
     if boxes.ndim != 2 or tuple(boxes.shape) != (n, 4):
         raise ValueError(f"{name} must have shape (N, 4) = ({n}, 4), (x0, y0, x1, y1) per image, or be None; got "
                          f"shape {tuple(boxes.shape)}")
     boxes = boxes.to(device=device, dtype=torch.float64)
-    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    if not bool(torch.isfinite(boxes).all() & (width >= 0).all() & (height >= 0).all()
-                & (torch.maximum(width, height) > 0).all()):
-        raise ValueError(f"{name} must hold finite (x0, y0, x1, y1) boxes with x1 >= x0, y1 >= y0 and a side > 0: "
-                         "convert (x, y, width, height) boxes with x1 = x + width, y1 = y + height")
+    if not bool(torch.isfinite(boxes).all() & (boxes[:, 2] >= boxes[:, 0]).all() & (boxes[:, 3] >= boxes[:, 1]).all()):
+        raise ValueError(f"{name} must hold finite (x0, y0, x1, y1) boxes with x1 >= x0 and y1 >= y0: convert "
+                         "(x, y, width, height) boxes with x1 = x + width, y1 = y + height")
     return boxes
 
 

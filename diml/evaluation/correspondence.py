@@ -178,13 +178,12 @@ def correspondence_metrics(
     limit = max(1, (chunk or auto_pair_chunk((local.shape[1], cells), dev)) // threads)
     blocks = -(-len(pairs.first) // limit)
     bounds = [(len(pairs.first) * k // blocks, len(pairs.first) * (k + 1) // blocks) for k in range(blocks)]
-    options = dict(grid=grid, image_size=image_size, alphas=alphas, bbox=boxes is not None,
-                   num_parts=keypoints.shape[1], device=dev)
+    tally = Tally(grid=grid, image_size=image_size, alphas=alphas, bbox=boxes is not None,
+                  num_parts=keypoints.shape[1], device=dev)
     with torch.no_grad():
-        tallies = _threads.map_blocks(lambda block: _count_block(work, *block, Tally(**options)), bounds, threads)
-    tally = tallies[0]
-    for other in tallies[1:]:
-        tally.merge(other)
+        for block_tally in _threads.map_blocks(lambda block: _count_block(work, *block, tally.fresh()), bounds,
+                                               threads):
+            tally.merge(block_tally)
     plan_methods = tuple(names.transfer_method(p, r) for p in names.PLAN_METHODS for r in (names.ARGMAX, names.MEAN))
     out = tally.result(part_names=part_names, part_alpha=part_alpha,
                        part_methods=plan_methods[:2] + (names.GRID_CEILING,), plan_methods=plan_methods,

@@ -37,6 +37,7 @@ what a perfect cell matcher reaches with the argmax rule; on a 4 x 4 grid of a 2
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -176,6 +177,7 @@ class Tally:
                  device):
         self.grid, self.image_size, self.alphas, self.bbox = grid, image_size, alphas, bbox
         self.centres = cell_centres(grid, image_size, device=device)
+        self.alpha_values = torch.tensor(alphas, dtype=torch.float64).to(device)  # once: a copy from the host waits
         self.columns = len(alphas) * (2 if bbox else 1) + 2
         self.hits: dict[str, torch.Tensor] = {}
         self.totals = torch.zeros(num_parts, dtype=torch.float64, device=device)
@@ -184,8 +186,7 @@ class Tally:
         """Record ``K`` keypoint transfers visible in both images (``(K, 3)`` float64 keypoints of the query and the
         reference, ``ref_boxes (K, 4)`` or None, ``part (K,)``): their :class:`Targets`."""
         self.totals.index_add_(0, part, torch.ones_like(part, dtype=self.totals.dtype))
-        point = ref_kp[:, :2]
-        alphas = torch.tensor(self.alphas, dtype=point.dtype, device=point.device)
+        point, alphas = ref_kp[:, :2], self.alpha_values
         thresholds = [(alphas * self.image_size).expand(point.shape[0], -1)]
         if self.bbox:
             box_side = torch.maximum(ref_boxes[:, 2] - ref_boxes[:, 0], ref_boxes[:, 3] - ref_boxes[:, 1])
@@ -207,6 +208,12 @@ class Tally:
                              device=hits.device).index_add_(1, target.part, hits.to(torch.float64))
         for method, method_counts in zip(predictions, counts):
             self.hits[method] = method_counts if method not in self.hits else self.hits[method] + method_counts
+
+    def fresh(self) -> Tally:
+        """An empty tally with the same settings, sharing the constant tensors (no copy from the host)."""
+        other = copy.copy(self)
+        other.hits, other.totals = {}, torch.zeros_like(self.totals)
+        return other
 
     def merge(self, other: Tally) -> None:
         """Add the counts of ``other`` (another block's tally with the same settings)."""

@@ -118,6 +118,16 @@ def test_invisible_parts_and_pairs_without_a_common_part_are_not_scored():
     assert out["identity/PCK@0.05"] == 100.0 and out["argmax/cell_acc"] == 100.0
 
 
+def test_an_empty_box_is_accepted_and_gives_a_zero_threshold():
+    """A box clipped out of the crop is empty (diml.data clips boxes to the crop): L = 0, only exact hits count."""
+    kp = _kp([[(100, 100)]])
+    out = transfer_scores(torch.eye(16)[None] / 16, kp, kp.clone(), grid=4, image_size=S,
+                          ref_boxes=torch.tensor([[224.0, 50.0, 224.0, 50.0]]))
+    assert out["identity/PCK_bbox@0.05"] == 100.0 and out["grid_ceiling/PCK_bbox@0.2"] == 0.0
+    # its cell's centre (84, 84) is 16 * 2 ** 0.5 = 22.6 px away: past 0.1 * 224 = 22.4, within 44.8
+    assert [out[f"grid_ceiling/PCK@{a}"] for a in (0.05, 0.1, 0.2)] == [0.0, 0.0, 100.0]
+
+
 def test_a_keypoint_whose_cell_carries_no_mass_is_untransferred_and_wrong():
     plans = torch.eye(16).expand(1, 16, 16).clone() / 16
     plans[0, 5] = 0.0  # query cell 5 (row 1, column 1) has no mass
