@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from diml.data.keypoints import PartTable
+from diml.names import check_part_name
 
 CUB_ON_BORDER = 0.5
 FOLDER_PARTS_HEADER = ["image", "part", "x", "y", "visible"]
@@ -164,6 +165,16 @@ def _points(rows: _Rows, image: np.ndarray, part: np.ndarray, xy: np.ndarray, vi
     return points, seen, lines
 
 
+def _check_name(rows: _Rows, line: int, name: str) -> None:
+    """A part name becomes part of metric names (``test/interp/ot_argmax/part/<name>/cell_acc``): refused at load, with
+    its file and line, when MLflow could not take it (:func:`diml.names.check_part_name`)."""
+    try:
+        check_part_name(name)
+    except ValueError:
+        rows.fail(line, f"part name {name!r} cannot name a metric", "use 1-64 ASCII letters, digits, spaces, '_', '.', "
+                  "'-', starting with a letter or digit (e.g. 'left eye')")
+
+
 def read_cub_parts(base: Path, images: dict[str, str]) -> PartTable | None:
     """CUB's ``parts/parts.txt``, ``parts/part_locs.txt`` and ``bounding_boxes.txt`` under ``base`` (next to
     ``images.txt``) for ``images`` (``{image id: path relative to images/}`` in ``images.txt`` order); ``None``
@@ -191,6 +202,8 @@ def read_cub_parts(base: Path, images: dict[str, str]) -> PartTable | None:
         names.unique(ids, "part id")
         order = np.argsort(ids, kind="stable")
         table.part_names = [names.fields[i][1].strip() for i in order]
+        for i in order:
+            _check_name(names, names.lines[i], names.fields[i][1].strip())
         locs = _Rows(locs_file, 5, numeric=True)
         values = locs.numbers(range(5), ["image id", "part id", "x", "y", "visible"])
         ids_in = locs.integers(values[:, :2], ["image id", "part id"])
@@ -243,6 +256,8 @@ def read_folder_parts(root: Path, images: Sequence[str]) -> PartTable | None:
         if "" in column:
             locs.fail(locs.lines[[f[1] for f in locs.fields].index("")], "empty part name", "name the part")
         part = np.fromiter((column[f[1]] for f in locs.fields), np.int64, len(locs.fields))
+        for name in column:
+            _check_name(locs, locs.lines[[f[1] for f in locs.fields].index(name)], name)
         values = locs.numbers([2, 3, 4], ["x", "y", "visible"])
         table.part_names = list(column)
         table.points, table.visible, table.lines = _points(locs, image, part, values[:, :2], values[:, 2],

@@ -210,6 +210,7 @@ def test_points_on_the_border_pixel_are_accepted(tmp_path):
 @pytest.mark.parametrize("parts,boxes,file,words", [
     ("1 back\n1 eye\n", BOXES, "parts.txt' line 2", "duplicate part id"),
     ("x back\n", BOXES, "parts.txt' line 1", "part id 'x' is not a finite number"),
+    ("1 back\n2 eye (left)\n", BOXES, "parts.txt' line 2", "part name 'eye (left)' cannot name a metric"),
     (PARTS, BOXES[:3], "bounding_boxes.txt", "no box for 1 image(s), e.g. '101.White_Pelican/img_4.jpg'"),
     (PARTS, BOXES + ["2 1 1 5 5"], "bounding_boxes.txt' line 5", "duplicate image"),
     (PARTS, BOXES[:3] + ["4 1 1 0 5"], "bounding_boxes.txt' line 4", "no area"),
@@ -269,6 +270,7 @@ def test_folder_sidecar_gives_keypoints_and_boxes(tmp_path, given_split):
     ("ant/0.png,head,1,y,1", 3, "y 'y' is not a finite number"),
     ("ant/0.png,head,1,1,yes", 3, "visible 'yes' is not a finite number"),
     ("ant/1.png,head,1,1,1", 3, "duplicate"),
+    ("ant/0.png,Left Eye (L),1,1,1", 3, "part name 'Left Eye (L)' cannot name a metric"),
 ])
 def test_bad_folder_sidecar_rows_are_refused(tmp_path, row, line, words):
     _write_folder(tmp_path, False, ["ant/1.png,head,1,1,1", row])
