@@ -171,3 +171,27 @@ def test_time_split_logged_every_epoch_and_within_the_epoch(tiny_grid):
             assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= wall, (parts, wall)
             assert parts["train_step"] > 0 and parts["eval"] > 0 and parts["tracking"] > 0
             assert parts["explanations"] > 0  # the last epoch holds the final phase, figures included
+
+
+def test_every_trial_logs_the_part_correspondence_and_the_report_shows_it(tiny_grid, tmp_path):
+    """Issue 25: the synthetic data has part annotations, so every trial measures its flow's part correspondence,
+    before training and for the best model, with the baselines and the grid's ceiling; the launch's report has the
+    part-correspondence table."""
+    from diml import names
+
+    c, _, parents, children = _runs(tiny_grid)
+    for run in children:
+        m = run.data.metrics
+        for prefix in ("init/test", "best/test"):
+            for method in names.INTERP_REPORTED:
+                for metric in ("cell_acc", "PCK@0.1"):
+                    value = m[names.interp_key(prefix, names.interp_name(method, metric))]
+                    assert 0.0 <= value <= 100.0, (prefix, method, metric, value)
+            assert m[names.interp_key(prefix, names.NUM_KEYPOINTS)] > 0
+            assert m[names.interp_key(prefix, names.interp_name(names.GRID_CEILING, "cell_acc"))] == 100.0
+        assert m["best/test/interp_seconds"] > 0
+    local = c.download_artifacts(parents[0].info.run_id, "report/report.md", str(tmp_path))
+    text = open(local).read()
+    assert "### Part correspondence" in text and "flow argmax" in text and "identity" in text
+    section = text.split("### Part correspondence", 1)[1]
+    assert len([line for line in section.splitlines() if line.startswith("| synthetic")]) == 2
