@@ -36,8 +36,12 @@ def test_cli_writes_figures_and_json_that_agree_with_the_api(tmp_path, tiny_chec
     assert best["ref_id"] == results["after"][0]["image_id"] and best["exact_plan"] is not None
     # the same pair explained through the Python API with the original model
     reference = explain_images(model, open_image(query), open_image(folder / best["ref_id"]), image_size=32)
-    assert best["similarity"] == pytest.approx(reference.similarity, abs=1e-9)
-    assert best["global_similarity"] == pytest.approx(reference.global_similarity, abs=1e-6)
+    # float32 embeddings of a 6-image batch (CLI) and of a 2-image batch (API): the convolutions and the head's GEMM
+    # may take other kernels (reduction orders) per batch size, so the embeddings agree to ~1e-6 relative, not
+    # bit for bit; both scores are cosines (or cosine-weighted, matched in float64 to tol 1e-6) of values ~1:
+    # 1e-5 (~80 float32 ulp). Another reference image or a wrong plan moves them by > 1e-3.
+    assert best["similarity"] == pytest.approx(reference.similarity, abs=1e-5)
+    assert best["global_similarity"] == pytest.approx(reference.global_similarity, abs=1e-5)
 
 
 def test_a_single_gallery_image_and_the_query_inside_the_gallery(tmp_path, tiny_checkpoint, gallery):

@@ -48,9 +48,12 @@ def test_same_iterations_and_plans_as_the_tensor_path(dtype, monkeypatch):
     assert int((compiled.problem_newton_steps > 0).sum()) >= 10  # the near-duplicates went to the polish
     assert int((compiled.problem_newton_steps == 0).sum()) >= 100
     # The same algorithm: the same checks and switch rule.  Summation order differs, so a problem whose error sits
-    # at a threshold at some check may leave one check (5 iterations) earlier or later on the other path.
+    # at a threshold at some check may leave one check (5 iterations) earlier or later on the other path.  In
+    # float32 the L1 marginal error of 32 entries carries rounding noise within a few times of tol / 2 = 5e-7, and
+    # how many problems sit there depends on the SIMD width and FMA of both paths (twice as many without FMA, e.g.
+    # NUMBA_CPU_NAME=generic): up to 10 %; a path with other checks or another switch rule differs on most problems.
     differ = compiled.problem_iterations != tensor.problem_iterations
-    assert int(differ.sum()) <= 0.05 * len(differ)
+    assert int(differ.sum()) <= (0.10 if dtype == torch.float32 else 0.05) * len(differ)
     assert int((compiled.problem_iterations - tensor.problem_iterations).abs().max()) <= 5
     assert float((compiled.plan - tensor.plan).abs().max()) <= 1e-6
     # the compiled Newton polish takes the tensor polish's steps (same directions, line search and tests)

@@ -11,6 +11,12 @@ from ot_testkit import near_duplicates, random_images
 from diml.ot import OTOptions, _cpu, _threads, similarity, structural_similarity, structural_similarity_candidates
 
 TOL4 = OTOptions(tol=1e-4)
+# Threads against one thread on the same path: each problem is solved on its own (one vector lane), from cell
+# similarities that a block's GEMM gives row by row, so they agree to float32 rounding (1e-6 for values ~1).
+# Two paths (the tensor pipeline and the compiled solve, or the candidates' and all pairs' cell similarities) differ
+# in the last bits, so a problem whose error sits at the threshold leaves one check (5 iterations) earlier on one of
+# them: they agree only to about the solver's tol.
+SAME_PATH = 1e-6
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def test_all_pairs_threaded_equal_one_thread(two_threads):
     assert sorted(tuple(shape) for _, _, shape in two_threads) == [(5, 20)] * 4
     _each_block_on_one_thread(two_threads)
     assert torch.get_num_threads() == 2  # the caller's count is restored
-    assert two.shape == (20, 20) and float((two - one).abs().max()) <= 1e-6
+    assert two.shape == (20, 20) and float((two - one).abs().max()) <= SAME_PATH
     assert float((two - two.T).abs().max()) <= 1e-4  # the transposed problem is the same problem
 
 
@@ -73,7 +79,8 @@ def test_all_pairs_blocks_of_the_pipeline_keep_chunk_size_in_flight(two_threads,
     # blocks of at most 80 pairs = 4 queries x 20 references, 5 blocks rounded to 6
     assert sorted(tuple(shape) for _, _, shape in two_threads) == [(3, 20)] * 4 + [(4, 20)] * 2
     monkeypatch.setattr(_cpu, "ENABLED", True)
-    assert float((two - _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))).abs().max()) <= 1e-6
+    fused = _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))
+    assert float((two - fused).abs().max()) <= TOL4.tol  # two paths
 
 
 def test_candidates_threaded_equal_one_thread(two_threads):
@@ -86,9 +93,9 @@ def test_candidates_threaded_equal_one_thread(two_threads):
     two = _at(2, run)
     assert len(two_threads) == 6
     _each_block_on_one_thread(two_threads)
-    assert float((two - one).abs().max()) <= 1e-6
+    assert float((two - one).abs().max()) <= SAME_PATH
     full = _at(1, lambda: structural_similarity(local, glob, local, glob, ot=TOL4))
-    assert float((two - full.gather(1, pick)).abs().max()) <= 1e-6
+    assert float((two - full.gather(1, pick)).abs().max()) <= TOL4.tol  # two paths to the cell similarities
 
 
 def test_gradients_and_small_inputs_stay_in_the_caller(two_threads):
