@@ -82,5 +82,7 @@ def test_experiment_opens_as_model_training_with_the_trials_view(tiny_grid):
     assert view["orderByKey"] == "metrics.`best/test/global/R_at_1`" and view["orderByAsc"] is False
     assert view["selectedColumns"][:6] == [f"metrics.`best/test/{r}/{m}`" for r in ("global", "diml_K5")
                                            for m in ("R_at_1", "RP", "MAP_at_R")]
-    assert view["selectedColumns"][6:] == [f"tags.`{t}`" for t in ("dataset", "loss", "backbone", "similarity",
+    assert view["selectedColumns"][6:8] == ["metrics.`best/test/interp/ot_argmax/cell_acc`",
+                                            "metrics.`best/test/interp/ot_mean/PCK_at_0.1`"]  # the flow's parts
+    assert view["selectedColumns"][8:] == [f"tags.`{t}`" for t in ("dataset", "loss", "backbone", "similarity",
                                                                     "seed")]
