@@ -131,18 +131,23 @@ class TrialFailurePolicy:
         server that is down answers only after its retries)."""
         if not (self.tracking_uri and self.run_id):
             return
-        tags = {TAG_RESTARTS: str(len(self.restarts)), TAG_RESTART_REASONS: "\n".join(self.restarts)[-5000:]}
 
         def write():
             from pipeline import tracking, tracking_buffer
 
-            try:
-                tracking.set_tags(self.tracking_uri, self.run_id, tags)
-            except Exception as exc:  # the restart goes on; say what was not recorded
-                print(f"diml: could not record the restart in MLflow ({tracking_buffer.short_error(exc)}): "
-                      f"{tags[TAG_RESTART_REASONS]}", file=sys.stderr)
+            with _RECORDING:  # one write at a time, each of the newest state: the last one holds every restart
+                tags = {TAG_RESTARTS: str(len(self.restarts)),
+                        TAG_RESTART_REASONS: "\n".join(self.restarts)[-5000:]}
+                try:
+                    tracking.set_tags(self.tracking_uri, self.run_id, tags)
+                except Exception as exc:  # the restart goes on; say what was not recorded
+                    print(f"diml: could not record the restart in MLflow ({tracking_buffer.short_error(exc)}): "
+                          f"{tags[TAG_RESTART_REASONS]}", file=sys.stderr)
 
         threading.Thread(target=write, name="diml-restart-tags", daemon=True).start()
+
+
+_RECORDING = threading.Lock()  # the restart-tag writers of this process (the Train controller's)
 
 
 def torch_trainer(failure_policy: TrialFailurePolicy, **trainer_args):

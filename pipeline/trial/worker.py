@@ -27,6 +27,7 @@ from diml.distributed import unwrap_model
 from pipeline import provenance, tracking, tracking_buffer
 from pipeline.specs import RunSpec, TrialLaunch
 from pipeline.trial import build
+from pipeline.trial.interpretability import part_correspondence
 from pipeline.trial.logger import TrialLogger
 from pipeline.trial.skipped import SkippedImages
 from pipeline.trial.timing import EpochTimes
@@ -111,34 +112,6 @@ def evaluate_split(train_module, dataset, ctx: Context):
     results = evaluate(embeddings.global_emb, embeddings.labels, embeddings.local_emb, device=ctx.device,
                        **build.evaluation_options(ctx.spec))
     return results, embeddings
-
-
-def interpretability(dataset, embeddings, ctx: Context, prefix: str, logger=None) -> dict[str, float]:
-    """Rank 0: how often the matching flow carries a part to the same part (keypoint transfer, PCK; baselines and
-    the grid's ceiling) on ``dataset``'s part annotations, as metrics ``<prefix>/interp/...`` plus the seconds it
-    took (``<prefix>/interp_seconds``). Empty on other ranks, when ``evaluation.interpretability.enabled`` is off
-    or the data has no parts; data whose annotations give no scorable pair is recorded as a tag, not a failure."""
-    if ctx.rank != 0 or embeddings is None or not ctx.spec.evaluation.interpretability.enabled:
-        return {}
-    if getattr(dataset, "part_names", None) is None:
-        return {}
-    from diml.evaluation import correspondence_metrics
-
-    if "indices" in embeddings.metadata:  # rows of images that could not be read were dropped (skip_bad_images)
-        dataset = dataset.subset(embeddings.metadata["indices"])
-    start = time.perf_counter()
-    try:
-        results = correspondence_metrics(embeddings.local_emb, embeddings.global_emb, embeddings.labels,
-                                         dataset.keypoints(), part_names=dataset.part_names,
-                                         boxes=dataset.part_boxes(), device=ctx.device,
-                                         **build.interpretability_options(ctx.spec))
-    except ValueError as exc:  # e.g. no two images of a class share a visible part
-        if logger is not None:
-            logger.tags({f"interpretability_skipped.{prefix.replace('/', '_')}": str(exc)[:4000]})
-        return {}
-    metrics = {names.interp_key(prefix, key): float(value) for key, value in results.items()}
-    metrics[f"{prefix}/interp_seconds"] = time.perf_counter() - start
-    return metrics
 
 
 def selection_score(results: dict[str, dict[str, float]], metric: str) -> float:
@@ -322,7 +295,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             results, embeddings = evaluate_split(module, splits.test, ctx)
             if results is not None:
                 logger.metrics({**tracking.evaluation_metrics("init/test", results),
-                                **interpretability(splits.test, embeddings, ctx, "init/test", logger)}, 0)
+                                **part_correspondence(splits.test, embeddings, ctx, "init/test", logger)}, 0)
     sampler, loader = _loader(spec, splits.train, ctx)
     augment = build.device_augment(spec)
     selection = splits.val if spec.selection_split == "val" else splits.test
@@ -412,7 +385,7 @@ def _finish(module, splits, ctx: Context, progress: Progress, best: Best, logger
         test_results, test_embeddings = evaluate_split(module, splits.test, ctx)
         final = {} if ctx.rank else {k.replace("test/", "best/test/", 1): v
                                      for k, v in tracking.evaluation_metrics("test", test_results).items()}
-    final.update(interpretability(splits.test, test_embeddings, ctx, "best/test", logger))
+    final.update(part_correspondence(splits.test, test_embeddings, ctx, "best/test", logger))
     times.eval += time.perf_counter() - eval_start
     final["best/epoch"] = progress.best_epoch
     final["best/selection_score"] = progress.best_score

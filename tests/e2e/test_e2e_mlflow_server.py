@@ -102,8 +102,10 @@ def test_report_from_mlflow(tiny_grid, tmp_path):
     header = markdown.splitlines()[0]
     for column in ("global R@1", "DIML@3 R@1", "DIML@5 MAP@R", "DIML@5 gain R@1", "training"):
         assert column in header
-    rows = [line for line in markdown.splitlines()[2:] if line.startswith("| synthetic")]
-    assert len(rows) == 2 and {r.split("|")[4].strip() for r in rows} == {"global", "diml"}
+    retrieval, parts = markdown.split("### Part correspondence")
+    for table in (retrieval, parts):  # the synthetic data has parts: the flow's part correspondence too
+        rows = [line for line in table.splitlines()[2:] if line.startswith("| synthetic")]
+        assert len(rows) == 2 and {r.split("|")[5].strip() for r in rows} == {"global", "diml"}
     assert "R convention: PML (R excludes the query)" in markdown and "selected on: test" in markdown
     frame = pd.read_parquet(out / "report.parquet")
     assert len(frame) == 2 and frame["global/R@1 mean"].between(0, 100).all()

@@ -197,7 +197,7 @@ SPECS = sorted(pathlib.Path(__file__).resolve().parents[2].joinpath("specs").rgl
 @pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(SPECS[0].parents[1])) for p in SPECS])
 def test_every_spec_in_the_tree_validates(path, monkeypatch, tmp_path):
     """Walks specs/ recursively; the paper specs' dataset roots ($DIML_DATA/...) point at folders made here."""
-    for name in ("CUB_200_2011", "cars196", "Stanford_Online_Products", "digits_cub"):
+    for name in ("CUB_200_2011", "cars196", "Stanford_Online_Products", "digits_cub", "real_parts"):
         (tmp_path / name).mkdir()
     monkeypatch.setenv("DIML_DATA", str(tmp_path))
     study = build_study(load_spec_file(path), source=str(path))
