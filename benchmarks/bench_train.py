@@ -128,13 +128,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, --full 5)")
     parser.add_argument("--cases", default="all", help="all, or margin: only margin global vs DIML")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="the spec's deterministic: true (pipeline.provenance.apply_determinism): its cost")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    skip = ("device", "threads", "full", "cases", "json")
+    if args.deterministic:
+        from pipeline.provenance import apply_determinism
+
+        apply_determinism(True)
+    skip = ("device", "threads", "full", "cases", "json", "deterministic")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
     cases = CASES if args.cases == "all" else tuple(c for c in CASES if c[0] == args.cases)
     rows = run(quick=not args.full, device=args.device, cases=cases, **overrides)
+    for row in rows:
+        row["deterministic"] = bool(args.deterministic)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     for row in rows:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issues 3, 5, 10, 19, 26): one short run on one H100/H200, results as JSON under $OUT.
+# The prepared GPU check (issues 3, 5, 10, 19, 26, 27): one short run on one H100/H200, results as JSON under $OUT.
 #   the Triton OT kernels against the tensor path (same results, solve and loss times; gpu_ot_kernel.py), OT pairs/s (ours vs POT batched), evaluation at K = 100 (10k gallery and 60,502 SOP-scale queries),
 #   training steps of resnet50 at 224 px, batch 112: global vs DIML losses, fp32 / bf16 / channels-last / compile (interleaved rounds: median and spread),
+#   the same with deterministic kernels (issue 27: the cost of a spec's deterministic: true, against train-bf16-cl),
 #   the input path (issue 26, gpu_input.py): float vs uint8 vs decoded-cache loaders feeding the resnet50 step, GPU-busy share,
 #   the end-to-end smoke (issue 26, specs/gpu_smoke.yaml): the launcher, real JPEGs, one and two trials per GPU, the time
 #   split and MLflow's GPU utilisation per trial (needs Ray and MLflow installed: a cluster node, not the bare device image).
@@ -49,6 +50,8 @@ step train-fp32 120 $B --json "$OUT/train_fp32.json"
 step train-bf16 120 $B --amp --json "$OUT/train_bf16.json"
 step train-bf16-cl 120 $B --amp --channels-last --json "$OUT/train_bf16_cl.json"
 step train-compile 300 $B --amp --channels-last --compile --json "$OUT/train_compile.json"
+# the cost of a spec's deterministic: true (issue 27): the bf16 channels-last step again with deterministic kernels
+step train-deterministic 120 $B --amp --channels-last --deterministic --cases margin --json "$OUT/train_deterministic.json"
 step input 240 python3 benchmarks/gpu_input.py --workers 6
 # the end-to-end smoke: digits as a CUB tree of 448 px JPEGs, then two launches of specs/gpu_smoke.yaml
 SMOKE=${SMOKE_DIR:-$OUT/smoke}
