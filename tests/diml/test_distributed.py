@@ -1,19 +1,11 @@
 """gather_embeddings with 2 gloo processes on CPU against one process on the concatenated batch: the same loss
 value on every rank, and the same gradients for a DDP-wrapped model and the loss's own parameters."""
 
-import datetime
-import faulthandler
-import os
-import subprocess
-import sys
-import time
-import warnings
-from pathlib import Path
-
 import pytest
 import torch
 import torch.distributed as dist
 
+from ddp_support import init_gloo, run_ranks
 from diml import distributed
 from diml.losses import build_loss
 
@@ -74,11 +66,8 @@ class EmbedAndLoss(torch.nn.Module):
 
 
 def worker(rank, store, folder):
-    """One rank (run in its own interpreter by :func:`two_ranks`): file-store rendezvous, no port to race for."""
-    faulthandler.enable()  # a crash in gloo's C++ threads still leaves the Python stack in the rank's log
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
+    """One rank, in its own interpreter (``ddp_support``)."""
+    init_gloo(rank, store, world_size=2)
     try:
         out = run_cases(*SLICES[rank], gather=True)
         out["roles"] = (distributed.rank(), distributed.world_size(), distributed.is_main_process())
@@ -87,85 +76,11 @@ def worker(rank, store, folder):
         dist.destroy_process_group()
 
 
-RANK = "import sys; sys.path.insert(0, sys.argv[1]); import test_distributed as t; t.worker(int(sys.argv[2]), *sys.argv[3:])"
-ATTEMPTS = 3  # only a rank killed by a signal is retried (a C++ abort in gloo's TCP transport, seen once in CI)
-KILLED = 999
-
-
-def launch_ranks(folder: Path) -> list[tuple[int, str]]:
-    """Both ranks as child processes with their logs kept: ``[(exit code, log)]``; negative: killed by a signal,
-    ``KILLED``: stopped here because the other rank had failed or the run outlived its deadline."""
-    store = folder / "store"
-    store.unlink(missing_ok=True)
-    env = dict(os.environ)
-    if Path("/sys/class/net/lo").exists():  # gloo's pairs on loopback, whatever the host name resolves to
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    logs = [open(folder / f"rank{r}.log", "w+") for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(Path(__file__).parent), str(r), str(store),
-                               str(folder)], stdout=log, stderr=subprocess.STDOUT, env=env)
-             for r, log in enumerate(logs)]
-    deadline, stopped = time.monotonic() + 300, set()
-    while any(p.poll() is None for p in procs):
-        failed = any(p.returncode not in (None, 0) for p in procs)
-        if failed or time.monotonic() > deadline:  # the other rank would wait for the collective's timeout
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-                    stopped.add(p.pid)
-        time.sleep(0.05)
-    out = []
-    for p, log in zip(procs, logs):
-        log.seek(0)
-        out.append((KILLED if p.pid in stopped else p.returncode, log.read()))
-        log.close()
-    return out
-
-
-def run_two_ranks(folder: Path) -> list[dict]:
-    """Each rank's saved results; a crash by a signal is retried (with a warning that holds both logs)."""
-    for attempt in range(1, ATTEMPTS + 1):
-        results = launch_ranks(folder)
-        if all(code == 0 for code, _ in results):
-            return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
-        report = "; ".join(f"rank {r} {'was stopped' if code == KILLED else f'exited {code}'}: "
-                           f"{(log.strip().splitlines() or ['(no output)'])[-1]}"
-                           for r, (code, log) in enumerate(results) if code != 0)
-        logs = "\n".join(f"--- rank {r} (exit {code}) ---\n{log}" for r, (code, log) in enumerate(results))
-        if attempt == ATTEMPTS or not any(code < 0 for code, _ in results):  # KILLED: not a crash of its own
-            raise RuntimeError(f"{report}\n{logs}")
-        warnings.warn(f"attempt {attempt} of the 2-rank run crashed, retrying: {report}\n{logs}")
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    return run_two_ranks(tmp_path_factory.mktemp("ddp"))
-
-
-def test_a_rank_error_fails_at_once_with_its_own_message(tmp_path, monkeypatch):
-    """A Python error in a rank is not retried, and its own message (not only an exit code) reaches the test."""
-    monkeypatch.setattr(sys.modules[__name__], "RANK", RANK.replace("t.worker(", "t.worker_that_fails("))
-    with warnings.catch_warnings(), pytest.raises(RuntimeError, match=r"^rank ([01]) exited 1: ValueError: rank \1 "):
-        warnings.simplefilter("error")  # a retry would warn first
-        run_two_ranks(tmp_path)
-
-
-def test_a_rank_killed_by_a_signal_is_run_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "RANK", RANK.replace("t.worker(", "t.worker_that_aborts_once("))
-    with pytest.warns(UserWarning, match=r"attempt 1 .* rank 0 exited -6"):
-        assert run_two_ranks(tmp_path) == [{"rank": 0}, {"rank": 1}]
-    assert (tmp_path / "aborted").exists()
-
-
-def worker_that_fails(rank, store, folder):
-    raise ValueError(f"rank {rank} refuses to start")
-
-
-def worker_that_aborts_once(rank, store, folder):
-    if rank == 0 and not Path(folder, "aborted").exists():
-        Path(folder, "aborted").touch()
-        os.abort()
-    torch.save({"rank": rank}, f"{folder}/rank{rank}.pt")
+    folder = tmp_path_factory.mktemp("ddp")
+    run_ranks(worker, folder)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 def test_every_rank_sees_the_loss_of_the_concatenated_batch(two_ranks):

@@ -1,13 +1,11 @@
 """evaluate_split with 2 gloo processes whose BatchNorm statistics differ (as DDP leaves them after the last training
 step): rank 0 scores the embeddings of rank 0's model, the one it checkpoints and logs, as one process does."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from ddp_support import init_gloo, run_ranks
 from e2e_support import TINY_SPEC
 
 
@@ -30,12 +28,11 @@ class _Module(torch.nn.Module):
         self.model = model
 
 
-def _worker(rank, port, folder):
+def rank_worker(rank, store, folder):
     from pipeline.trial import build
     from pipeline.trial.worker import Context, evaluate_split
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    init_gloo(rank, store, world_size=2)
     try:
         spec, model = _spec(), _model()
         if rank == 1:  # its own running statistics, far from rank 0's
@@ -50,17 +47,11 @@ def _worker(rank, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_score_rank_zeros_model(tmp_path):
     from diml.evaluation import evaluate, extract_embeddings
     from pipeline.trial import build
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(rank_worker, tmp_path)
     saved = torch.load(tmp_path / "rank0.pt", weights_only=False)
     spec, model = _spec(), _model()
     model.load_state_dict(saved["state"])
