@@ -334,9 +334,13 @@ def end_run(uri: str, run_id: str, status: str) -> None:
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    c = client(uri)
-    for key, value in tags.items():
-        c.set_tag(run_id, key, value)
+    """Set ``tags`` in one request (``log_batch``, one transaction of the store): a reader sees all or none of them,
+    never a count without its reasons."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(key, str(value)) for key, value in tags.items()]
+    for start in range(0, len(items), 100):  # MLflow's limit of tags per batch
+        client(uri).log_batch(run_id, tags=items[start:start + 100])
 
 
 def log_artifacts(uri: str, run_id: str, paths: Iterable[tuple[str, str | None]]) -> None:
