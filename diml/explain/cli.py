@@ -20,7 +20,7 @@ from diml.explain.flow import plot_matching_flow
 from diml.explain.images import embed_images, list_images, open_image
 from diml.explain.panel import plot_retrieval_panel
 from diml.explain.retrieval import RankedItem, rank_query
-from diml.models.checkpoint import load_checkpoint
+from diml.models.checkpoint import eval_resize_ratio, load_checkpoint
 from diml.ot import OTOptions
 from diml.options import MARGINAL_MODES
 
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, checkpoint: bool = True) -
     parser.add_argument("--top", type=int, default=5, help="results shown per ranking and pairs per explanation")
     parser.add_argument("--depth", type=int, default=100, help="global candidates re-ranked by DIML")
     parser.add_argument("--image-size", type=int, default=None, help="model input size (default: the checkpoint's)")
+    parser.add_argument("--eval-resize-ratio", type=float, default=None,
+                        help="the eval transform resizes the short side to ratio x the input size before the centre "
+                             "crop (default: the checkpoint's; 256/224 for checkpoints that do not record it)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--eps", type=float, default=OTOptions.eps, help="entropic regularisation of the matching")
     parser.add_argument("--marginals", default=OTOptions.marginals, choices=MARGINAL_MODES)
@@ -71,26 +74,29 @@ def run(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = 
         raise ValueError(f"--top and --depth must be >= 1, got {args.top} and {args.depth}")
     model, config = loaded if loaded is not None else load_checkpoint(args.checkpoint, device=args.device)
     image_size = args.image_size or config["image_size"]
+    ratio = args.eval_resize_ratio if getattr(args, "eval_resize_ratio", None) is not None else eval_resize_ratio(config)
     query_path = pathlib.Path(args.query)
     query = open_image(query_path)
     paths = _gallery(query_path, args.gallery)
     root = pathlib.Path(args.gallery) if pathlib.Path(args.gallery).is_dir() else pathlib.Path(args.gallery).parent
     images = [query] + [open_image(p) for p in paths]
     ids = [str(query_path)] + [str(p.relative_to(root)) for p in paths]
-    glob, local = embed_images(model, images, image_size=image_size, device=args.device, progress=True)
+    glob, local = embed_images(model, images, image_size=image_size, resize_ratio=ratio, device=args.device,
+                               progress=True)
     ot = OTOptions(eps=args.eps, marginals=args.marginals)
     ranking = rank_query(glob, local, 0, grid=config["grid"], top=args.top, depth=args.depth, ot=ot, ids=ids,
                          pairs=args.top, exact=args.exact, device=args.device)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_retrieval_panel(ranking, query, images.__getitem__, out / "retrieval.png")]
+    written = [plot_retrieval_panel(ranking, query, images.__getitem__, out / "retrieval.png", resize_ratio=ratio)]
     for rank, item in enumerate(ranking.after, start=1):
-        written.append(plot_matching_flow(item.explanation, query, images[item.index], out / f"flow_{rank:02d}.png"))
+        written.append(plot_matching_flow(item.explanation, query, images[item.index], out / f"flow_{rank:02d}.png",
+                                          resize_ratio=ratio))
         path = out / f"explanation_{rank:02d}.json"
         path.write_text(item.explanation.to_json(indent=1))
         written.append(path)
     summary = {"checkpoint": str(getattr(args, "checkpoint", None) or getattr(args, "model_uri", None)), "query": str(query_path), "gallery": str(args.gallery),
-               "model_config": config, "image_size": image_size, "depth": ranking.depth, "eps": args.eps,
+               "model_config": config, "image_size": image_size, "eval_resize_ratio": ratio, "depth": ranking.depth, "eps": args.eps,
                "marginals": args.marginals, "before": [_record(i) for i in ranking.before],
                "after": [_record(i) for i in ranking.after]}
     results = out / "results.json"

@@ -21,6 +21,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from diml.explain.explanation import Explanation
+from diml.data.transforms import DEFAULT_RESIZE_RATIO
 from diml.explain.images import display_array
 
 SIM_CMAP = "viridis"
@@ -203,20 +204,25 @@ def plot_matching_flow(
     size: tuple[int, int] = FLOW_SIZE,
     dpi: int = 100,
     parts: PartMarks | None = None,
+    resize_ratio: float = DEFAULT_RESIZE_RATIO,
 ) -> pathlib.Path:
     """Write the matching-flow figure of ``explanation`` (see the module docstring) as a ``size`` PNG.
 
     Args:
         explanation: from :func:`diml.explain.explain_pair`.
-        query_image, ref_image: the two images (PIL, cropped like the model input; or ``(H, W, 3)`` arrays).
+        query_image, ref_image: the two images: PIL images (shown as the model saw them: resize the short side to
+            ``resize_ratio`` x the crop, centre crop; pass the run's ``data.augmentation.eval_resize_ratio``) or
+            ``(H, W, 3)`` arrays of the crop (:func:`~diml.explain.images.display_array`).
         path: the PNG to write.
         top: pairs numbered and shown in the bar chart (default: all of ``explanation.top_pairs``).
         size: ``(width, height)`` in pixels; dpi: resolution (fonts scale with it).
         parts: part keypoints to draw on the flow (:class:`PartMarks`), or None.
+        resize_ratio: the eval transform's resize ratio (for PIL images).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
     """
+    query_image, ref_image = (display_array(image, resize_ratio=resize_ratio) for image in (query_image, ref_image))
     fig = figure_of_size(size, dpi)
     spec = fig.add_gridspec(2, 3, height_ratios=[1.3, 1.0], left=0.03, right=0.97, top=0.9, bottom=0.07,
                             wspace=0.45, hspace=0.15)

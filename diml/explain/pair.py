@@ -14,6 +14,7 @@ import ot as pot
 import torch
 import torch.nn.functional as F
 
+from diml.data.transforms import DEFAULT_RESIZE_RATIO
 from diml.explain.explanation import Explanation, top_pairs
 from diml.distributed import unwrap_model
 from diml.explain.images import embed_images
@@ -183,6 +184,7 @@ def explain_images(
     image_b,
     *,
     image_size: int = 224,
+    resize_ratio: float = DEFAULT_RESIZE_RATIO,
     device: str | torch.device = "cpu",
     **options: Any,
 ) -> Explanation:
@@ -191,12 +193,14 @@ def explain_images(
     Args:
         model: a :class:`diml.models.DIMLModel` (or a DDP wrapper of one) on ``device``.
         image_a, image_b: PIL images (transformed with ``eval_transform(image_size)``) or ``(3, S, S)`` tensors.
-        image_size: the model input size for PIL images.
+        image_size, resize_ratio: the eval transform of PIL images (the model's input size and the run's
+            ``data.augmentation.eval_resize_ratio``).
         device: where the model and the matching run.
         options: keyword options of :func:`explain_pair` (``ot``, ``top``, ``exact``, ``query_id``, ``ref_id``).
     """
     grid = getattr(unwrap_model(model), "grid", None)
     if grid is None:
         raise ValueError("model has no `grid` attribute; pass a diml.models.DIMLModel")
-    glob, local = embed_images(model, [image_a, image_b], image_size=image_size, device=device)
+    glob, local = embed_images(model, [image_a, image_b], image_size=image_size, resize_ratio=resize_ratio,
+                               device=device)
     return explain_pair(local[0], glob[0], local[1], glob[1], grid=grid, device=device, **options)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 from matplotlib.patches import Rectangle
 
+from diml.data.transforms import DEFAULT_RESIZE_RATIO
 from diml.explain.flow import GAP, draw_flow, draw_image, figure_of_size, save_png, similarity_norm
 from diml.explain.images import display_array
 from diml.explain.retrieval import QueryRanking, RankedItem
@@ -50,6 +51,7 @@ def plot_retrieval_panel(
     title: str | None = None,
     size: tuple[int, int] | None = None,
     dpi: int = 100,
+    resize_ratio: float = DEFAULT_RESIZE_RATIO,
 ) -> pathlib.Path:
     """Write the retrieval panel of ``ranking`` as a PNG (all of it drawn in one axes, for speed).
 
@@ -61,6 +63,8 @@ def plot_retrieval_panel(
         relevant: ``index -> bool`` (same class as the query) to colour the frames, or None.
         title: figure title (default: the query id and what the scores are).
         size: ``(width, height)`` pixels (default :func:`panel_size` of the number of results); dpi: resolution.
+        resize_ratio: the eval transform's resize ratio, for PIL images (see
+            :func:`~diml.explain.images.display_array`).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -69,7 +73,7 @@ def plot_retrieval_panel(
     count = max(len(ranking.before), len(ranking.after))
     fig = figure_of_size(size or panel_size(count), dpi)
     ax = fig.add_axes((0.005, 0.0, 0.99, 0.93))
-    query = display_array(query_image)
+    query = display_array(query_image, resize_ratio=resize_ratio)
     cached: dict[int, object] = {}
     norm = similarity_norm(*(i.explanation for i in ranking.before + ranking.after))  # one scale for all thumbnails
     sections = [("global ranking", ranking.before, False),
@@ -83,7 +87,7 @@ def plot_retrieval_panel(
                 va="center", fontsize=7)
         for col, item in enumerate(items, start=1):
             if item.index not in cached:
-                cached[item.index] = display_array(load(item.index))
+                cached[item.index] = display_array(load(item.index), resize_ratio=resize_ratio)
             x = col * PITCH
             draw_image(ax, cached[item.index], 1, origin=(x, y))
             flag = None if relevant is None else relevant.get(item.index)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diml.data.transforms import DEFAULT_RESIZE_RATIO
 from diml.explain.flow import PartMarks, plot_matching_flow
 from diml.distributed import unwrap_model
 from diml.explain.page import index_html
@@ -115,6 +116,7 @@ def write_trial_explanations(
     depth: int = 10,
     ot: OTOptions = OTOptions(),
     device: str | torch.device = "cpu",
+    resize_ratio: float = DEFAULT_RESIZE_RATIO,
 ) -> list[pathlib.Path]:
     """Explain ``n_queries`` seeded test queries: per query a retrieval panel, the matching flow of its top result
     after re-ranking, and their JSON; plus ``index.html`` showing them all.
@@ -129,6 +131,7 @@ def write_trial_explanations(
         top: results per ranking; depth: candidates re-ranked by DIML (as in the evaluation).
         ot: :class:`~diml.ot.OTOptions` of the structural similarity.
         device: where the matching runs.
+        resize_ratio: the run's ``data.augmentation.eval_resize_ratio``: the figures show the crop the model saw.
 
     Returns:
         The written files: ``q00_retrieval.png``, ``q00_flow.png``, ``q00.json``, ..., and ``index.html`` last.
@@ -147,10 +150,10 @@ def write_trial_explanations(
         stem = f"q{number:02d}"
         best = ranking.after[0]
         panel = plot_retrieval_panel(ranking, query_image, dataset.load_image, out / f"{stem}_retrieval.png",
-                                     relevant=relevant)
+                                     relevant=relevant, resize_ratio=resize_ratio)
         marks = _part_marks(dataset, query, best.index, best.explanation.plan, grid)
         flow = plot_matching_flow(best.explanation, query_image, dataset.load_image(best.index),
-                                  out / f"{stem}_flow.png", parts=marks)
+                                  out / f"{stem}_flow.png", parts=marks, resize_ratio=resize_ratio)
         record = _query_record(ranking, labels, ids[query])
         if marks is not None:
             record["top_match"]["parts"] = _parts_record(marks)

@@ -6,7 +6,8 @@ training state) and, at the end, as the MLflow artifact ``checkpoint/best_model.
     torch.save({"format_version": 1,
                 "model": DIMLModel.state_dict(),
                 "model_config": {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int,
-                                 "align_corners": bool, "global_vector": str},  # pooling; absent: False, map_mean
+                                 "align_corners": bool, "global_vector": str,  # pooling; absent: False, map_mean
+                                 "eval_resize_ratio": float},  # the eval transform's; absent: 256 / 224
                 "loss": loss.state_dict() or None,   # learnable loss parameters (margin beta, proxies)
                 "epoch": int or None,
                 **extra}, path)                       # e.g. the run's spec
@@ -18,6 +19,7 @@ the path.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import pickle
@@ -30,17 +32,26 @@ from diml.models.model import DIMLModel, build_model
 
 FORMAT_VERSION = 1
 CONFIG_TYPES = {"backbone": str, "embed_dim": int, "grid": int, "frozen_bn": bool, "image_size": int}
+# diml.data.transforms.DEFAULT_RESIZE_RATIO (not imported: diml.data imports diml.models); the authors' eval resize
+DEFAULT_RESIZE_RATIO = 256 / 224
 # Pooling keys added later; a checkpoint without them was written when the model pooled this way.
 POOLING_BEFORE_KEYS = {"align_corners": False, "global_vector": "map_mean"}
 
 
-def model_config(model: DIMLModel, *, backbone: str, image_size: int) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild ``model`` without the run's spec: its ``backbone`` name (as given to
-    :func:`~diml.models.build_model`), ``embed_dim``, ``grid``, ``frozen_bn``, the pooling (``align_corners``,
-    ``global_vector``) and the input ``image_size``."""
+def model_config(model: DIMLModel, *, backbone: str, image_size: int,
+                 eval_resize_ratio: float = DEFAULT_RESIZE_RATIO) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild ``model`` and its input without the run's spec: its ``backbone`` name (as
+    given to :func:`~diml.models.build_model`), ``embed_dim``, ``grid``, ``frozen_bn``, the pooling
+    (``align_corners``, ``global_vector``), the input ``image_size`` and the eval transform's ``eval_resize_ratio``."""
     config = {"backbone": backbone, "embed_dim": model.embed_dim, "grid": model.grid, "frozen_bn": model.frozen_bn,
-              "image_size": image_size, "align_corners": model.align_corners, "global_vector": model.global_vector}
+              "image_size": image_size, "align_corners": model.align_corners, "global_vector": model.global_vector,
+              "eval_resize_ratio": float(eval_resize_ratio)}
     return _checked_config(config, "model_config")
+
+
+def eval_resize_ratio(config: dict[str, Any]) -> float:
+    """The eval transform's resize ratio of a ``model_config`` (256 / 224 for checkpoints written before the key)."""
+    return float(config.get("eval_resize_ratio", DEFAULT_RESIZE_RATIO))
 
 
 def save_checkpoint(path: str | os.PathLike, model_state: dict[str, torch.Tensor], config: dict[str, Any], *,
@@ -105,6 +116,9 @@ def _checked_config(config: dict, where: str) -> dict[str, Any]:
         value = config.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ValueError(f"{where}[{key!r}] must be a {kind.__name__}, got {value!r}")
+    ratio = config.get("eval_resize_ratio", DEFAULT_RESIZE_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+        raise ValueError(f"{where}['eval_resize_ratio'] must be a number >= 1, got {ratio!r}")
     return dict(config)
 
 

@@ -74,7 +74,8 @@ def model_config(spec: RunSpec, model: torch.nn.Module) -> dict[str, Any]:
     from diml.distributed import unwrap_model
     from diml.models import model_config as _config
 
-    return _config(unwrap_model(model), backbone=spec.model.backbone, image_size=spec.data.image_size)
+    return _config(unwrap_model(model), backbone=spec.model.backbone, image_size=spec.data.image_size,
+                   eval_resize_ratio=spec.data.augmentation.eval_resize_ratio)
 
 
 def ot_options(ot: OTSpec) -> OTOptions:

@@ -189,6 +189,7 @@ class TrialLogger:
         # the evaluation's eps and marginals with the library's solver defaults, as the figures have always used
         ot = OTOptions(eps=spec.evaluation.ot.eps, marginals=spec.evaluation.ot.marginals)
         write_trial_explanations(model, dataset, embeddings, out, n_queries=spec.evaluation.explanations,
-                                 seed=spec.seed, depth=max(spec.evaluation.depths), ot=ot, device=self.ctx.device)
+                                 seed=spec.seed, depth=max(spec.evaluation.depths), ot=ot, device=self.ctx.device,
+                                 resize_ratio=spec.data.augmentation.eval_resize_ratio)
         model.train(was_training)
         return out

@@ -44,6 +44,30 @@ def test_cli_writes_figures_and_json_that_agree_with_the_api(tmp_path, tiny_chec
     assert best["global_similarity"] == pytest.approx(reference.global_similarity, abs=1e-5)
 
 
+def test_the_cli_embeds_and_draws_with_the_checkpoints_eval_resize_ratio(tmp_path, tiny_checkpoint, gallery):
+    """A run trained with ``eval_resize_ratio: 1.0`` records it in its checkpoint; the CLI embeds the images with it
+    (the API at that ratio gives the same scores, the default ratio other ones); ``--eval-resize-ratio`` overrides."""
+    path, model = tiny_checkpoint
+    query, folder = gallery
+    state = torch.load(path, weights_only=True)
+    state["model_config"]["eval_resize_ratio"] = 1.0
+    torch.save(state, path)
+    out = tmp_path / "whole"
+    assert main(["--checkpoint", str(path), "--query", str(query), "--gallery", str(folder), "--top", "1",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_resize_ratio"] == 1.0
+    best = json.loads((out / "explanation_01.json").read_text())
+    pair = open_image(query), open_image(folder / best["ref_id"])
+    same = explain_images(model, *pair, image_size=32, resize_ratio=1.0)
+    other = explain_images(model, *pair, image_size=32)
+    assert best["similarity"] == pytest.approx(same.similarity, abs=1e-5)  # as in the test above
+    assert best["similarity"] != pytest.approx(other.similarity, abs=1e-5)
+    assert main(["--checkpoint", str(path), "--query", str(query), "--gallery", str(folder), "--top", "1",
+                 "--out", str(tmp_path / "o"), "--eval-resize-ratio", "1.5"]) == 0
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["eval_resize_ratio"] == 1.5
+
+
 def test_a_single_gallery_image_and_the_query_inside_the_gallery(tmp_path, tiny_checkpoint, gallery):
     checkpoint, _ = tiny_checkpoint
     _, folder = gallery

@@ -68,3 +68,24 @@ def test_retrieval_panel_is_a_png_of_the_expected_size(tmp_path, embedding_set):
 def test_figure_size_is_validated(tmp_path):
     with pytest.raises(ValueError, match="size"):
         plot_matching_flow(_explanation(0), shape_image(1), shape_image(2), tmp_path / "x.png", size=(10, 10))
+
+
+@pytest.mark.parametrize("ratio", [256 / 224, 1.0, 1.5])
+def test_the_displayed_crop_and_the_model_input_follow_the_eval_resize_ratio(ratio):
+    """For a PIL image the figure shows, and the explanation embeds, the eval transform's crop of ``ratio``: the
+    model input is that transform's output exactly, and the displayed crop is its pixels (undoing the
+    normalisation: float32 rounding, < 1e-5 of [0, 1])."""
+    from diml.data.transforms import Augmentation, eval_transform
+    from diml.explain.images import display_array, model_input
+    from diml.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+    image = shape_image(4, size=48).resize((60, 40))  # not square: the ratio decides which columns stay
+    reference = eval_transform(32, augmentation=Augmentation(eval_resize_ratio=ratio))(image)
+    assert torch.equal(model_input(image, 32, resize_ratio=ratio), reference)
+    pixels = reference * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    np.testing.assert_allclose(display_array(image, 32, resize_ratio=ratio), pixels.permute(1, 2, 0).numpy(),
+                               atol=1e-5)
+    if ratio != 256 / 224:  # the default crop is another one
+        assert np.abs(display_array(image, 32) - display_array(image, 32, resize_ratio=ratio)).max() > 0.05
+    with pytest.raises(ValueError, match="eval_resize_ratio must be a number >= 1"):
+        display_array(image, 32, resize_ratio=0.5)

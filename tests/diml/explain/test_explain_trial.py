@@ -114,3 +114,28 @@ def test_flow_records_and_draws_the_parts_carried_through_the_plan(tmp_path, tri
     bare = plot_matching_flow(Explanation.from_dict(top), dataset.load_image(record["query_index"]),
                               dataset.load_image(ref), tmp_path / "bare.png")  # the same figure without the parts
     assert np.abs(png_array(bare) - drawn).sum() > 0
+
+
+def test_the_figures_show_the_crop_of_the_runs_eval_resize_ratio(tmp_path, trial_inputs):
+    """A run with ``data.augmentation.eval_resize_ratio: 1.0`` saw the whole short side: its flow figure is the one
+    drawn from that crop, pixel for pixel, and not the one drawn from the default 256/224 crop."""
+    from diml.explain.explanation import Explanation
+    from diml.explain.flow import plot_matching_flow
+    from diml.explain.images import display_array
+    from diml.explain.trial import _part_marks
+
+    model, dataset, embeddings = trial_inputs
+    write_trial_explanations(model, dataset, embeddings, tmp_path / "e", n_queries=1, seed=3, top=3, depth=4,
+                             resize_ratio=1.0)
+    drawn = png_array(tmp_path / "e" / "q00_flow.png")
+    record = json.loads((tmp_path / "e" / "q00.json").read_text())
+    top = record["top_match"]
+    top.pop("parts")
+    explanation, query, ref = Explanation.from_dict(top), record["query_index"], record["after"][0]["index"]
+    marks = _part_marks(dataset, query, ref, explanation.plan, explanation.grid)
+    figures = {}
+    for name, ratio in [("whole", 1.0), ("default", 256 / 224)]:
+        crops = [display_array(dataset.load_image(i), resize_ratio=ratio) for i in (query, ref)]
+        figures[name] = png_array(plot_matching_flow(explanation, *crops, tmp_path / f"{name}.png", parts=marks))
+    assert np.array_equal(drawn, figures["whole"])
+    assert np.abs(drawn - figures["default"]).sum() > 0

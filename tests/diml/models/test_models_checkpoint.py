@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from diml.data.transforms import DEFAULT_RESIZE_RATIO
 from diml.models import build_model, load_checkpoint, model_config, read_checkpoint, save_checkpoint
+from diml.models import checkpoint
 
 CONFIG = {"backbone": "resnet18", "embed_dim": 16, "grid": 2, "frozen_bn": True, "image_size": 32,
-          "align_corners": True, "global_vector": "map_mean"}
+          "align_corners": True, "global_vector": "map_mean", "eval_resize_ratio": 256 / 224}
 
 
 def _model():
@@ -42,6 +44,18 @@ def test_files_from_before_the_version_field_read_as_version_1(tmp_path):
     state = read_checkpoint(path)
     assert state["format_version"] == 1 and state["loss"] is None and state["epoch"] is None
     assert load_checkpoint(path)[1] == CONFIG
+
+
+def test_the_eval_resize_ratio_is_recorded_and_read_as_the_authors_where_it_is_missing(tmp_path):
+    assert checkpoint.DEFAULT_RESIZE_RATIO == DEFAULT_RESIZE_RATIO  # a copy (diml.data imports diml.models)
+    config = model_config(_model(), backbone="resnet18", image_size=32, eval_resize_ratio=1.0)
+    assert config["eval_resize_ratio"] == 1.0 and checkpoint.eval_resize_ratio(config) == 1.0
+    old = {k: v for k, v in CONFIG.items() if k != "eval_resize_ratio"}
+    path = tmp_path / "old.pt"
+    torch.save({"model": _model().state_dict(), "model_config": old}, path)
+    assert checkpoint.eval_resize_ratio(load_checkpoint(path)[1]) == 256 / 224
+    with pytest.raises(ValueError, match=r"config\['eval_resize_ratio'\] must be a number >= 1, got 0.5"):
+        save_checkpoint(tmp_path / "x.pt", _model().state_dict(), CONFIG | {"eval_resize_ratio": 0.5})
 
 
 def test_a_newer_format_and_bad_arguments_are_refused_with_the_fix(tmp_path):

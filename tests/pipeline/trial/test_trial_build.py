@@ -100,7 +100,10 @@ def test_model_loss_optimizer_scheduler_and_sampler_follow_the_spec():
     assert options["depths"] == (100,) and options["ot"].tol == 1e-6
     assert build.model_config(spec, model) == {"backbone": "resnet18", "embed_dim": 8, "grid": 2, "frozen_bn": True,
                                                "image_size": 224, "align_corners": True,
-                                               "global_vector": "map_mean"}
+                                               "global_vector": "map_mean", "eval_resize_ratio": 256 / 224}
+    wide = spec.model_copy(update={"data": spec.data.model_copy(update={
+        "augmentation": spec.data.augmentation.model_copy(update={"eval_resize_ratio": 1.0})})})
+    assert build.model_config(wide, model)["eval_resize_ratio"] == 1.0
 
     authors = build_study({**raw, "batch": {"size": 8, "images_per_class": 2, "sampling": "with_replacement"}})
     labels = torch.arange(3).repeat_interleave(20).numpy()  # 3 classes, 4 per worker's batch: repeats needed
