@@ -359,6 +359,7 @@ class RunSpec(Strict):
                 f"{self.resources.workers_per_trial * self.batch.images_per_class}"
             )
         _check_loss(self)
+        _check_input_size(self)
         if self.evaluation.selection_split == "val" and self.data.val_fraction == 0:
             raise ValueError("evaluation.selection_split is 'val' but data.val_fraction is 0: set data.val_fraction")
         return self
@@ -368,6 +369,16 @@ class RunSpec(Strict):
         if self.evaluation.selection_split != "auto":
             return self.evaluation.selection_split
         return "val" if self.data.val_fraction > 0 else "test"
+
+
+def _check_input_size(spec: "RunSpec") -> None:
+    """The backbone's smallest input (a feature map of at least one cell), before a trial fails on it."""
+    from diml.models.backbones import get_backbone_entry
+
+    minimum = get_backbone_entry(spec.model.backbone).min_size
+    if spec.data.image_size < minimum:
+        raise ValueError(f"data.image_size {spec.data.image_size} is too small for model.backbone "
+                         f"{spec.model.backbone} (its feature map would be empty): set data.image_size >= {minimum}")
 
 
 def _check_loss(spec: "RunSpec") -> None:

@@ -34,6 +34,11 @@ CATALOGUE = [
      "must split into resources.workers_per_trial 3 equal batches"),
     ("unknown loss", _with("loss", {"name": "hinge-ish"}), "loss.name: unknown loss 'hinge-ish'; allowed: "),
     ("unknown backbone", _with("model.backbone", "resnet7"), "model.backbone: unknown backbone 'resnet7'; allowed:"),
+    ("input smaller than the backbone takes", _with("data.image_size", 16),
+     "data.image_size 16 is too small for model.backbone resnet18 (its feature map would be empty): set "
+     "data.image_size >= 32"),
+    ("input smaller than inception takes", _with("model.backbone", "inception_v3"),
+     "data.image_size 32 is too small for model.backbone inception_v3"),
     ("unknown loss hyperparameter", _with("loss", {"name": "margin", "params": {"betta": 1.0}}),
      "loss (margin, similarity global): "),
     ("proxy loss cannot be structural", _with("loss", {"name": "proxynca", "similarity": "diml"}),
