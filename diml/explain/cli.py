@@ -74,7 +74,8 @@ def run(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = 
         raise ValueError(f"--top and --depth must be >= 1, got {args.top} and {args.depth}")
     model, config = loaded if loaded is not None else load_checkpoint(args.checkpoint, device=args.device)
     image_size = args.image_size or config["image_size"]
-    ratio = args.eval_resize_ratio if getattr(args, "eval_resize_ratio", None) is not None else eval_resize_ratio(config)
+    ratio = getattr(args, "eval_resize_ratio", None)
+    ratio = eval_resize_ratio(config) if ratio is None else ratio
     query_path = pathlib.Path(args.query)
     query = open_image(query_path)
     paths = _gallery(query_path, args.gallery)
@@ -96,8 +97,8 @@ def run(args: argparse.Namespace, loaded: tuple[torch.nn.Module, dict] | None = 
         path.write_text(item.explanation.to_json(indent=1))
         written.append(path)
     summary = {"checkpoint": str(getattr(args, "checkpoint", None) or getattr(args, "model_uri", None)), "query": str(query_path), "gallery": str(args.gallery),
-               "model_config": config, "image_size": image_size, "eval_resize_ratio": ratio, "depth": ranking.depth, "eps": args.eps,
-               "marginals": args.marginals, "before": [_record(i) for i in ranking.before],
+               "model_config": config, "image_size": image_size, "eval_resize_ratio": ratio, "depth": ranking.depth,
+               "eps": args.eps, "marginals": args.marginals, "before": [_record(i) for i in ranking.before],
                "after": [_record(i) for i in ranking.after]}
     results = out / "results.json"
     results.write_text(json.dumps(summary, indent=1))

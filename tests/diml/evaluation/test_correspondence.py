@@ -388,6 +388,8 @@ def test_ot_and_uniform_ot_match_a_per_pair_loop_with_pot_plans():
     out = correspondence_metrics(local, glob, labels, keypoints, grid=grid, image_size=size, part_names=part_names,
                                  boxes=boxes, ot=OTOptions(eps=EPS))
     assert set(expected) | {"num_eligible_pairs", "seed", "image_size", "grid"} == set(out)
+    # every decision (argmax cell, PCK radius) clears its margin (the ill-posed keypoints were dropped above), so
+    # both count the same keypoints; the scores are then float64 ratios of equal counts: float64 rounding
     for key, value in expected.items():
         assert out[key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
 
